@@ -1,0 +1,136 @@
+"""One projected-gradient engine for everything that moves images along a gradient.
+
+As in MadryLab/robustness, a threat model is a tiny class (`random_perturb`, `step`, `project`)
+and the loop is written once (`ascend`). Training attacks, evaluation attacks and every sampler
+(science.md §4) are calls of `ascend` with a different objective J(x) (per-sample values, to be
+*increased*), step rule, noise and ball.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Objective = Callable[[torch.Tensor], torch.Tensor]
+_TINY = 1e-12
+
+
+def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+class L2:
+    """‖δ‖₂ ≤ ε; normalised-gradient steps (Madry L2 / Santurkar sampling)."""
+
+    def __init__(self, eps: float):
+        self.eps = eps
+
+    def random_perturb(self, x, gen):
+        d = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+        r = torch.rand(len(x), generator=gen, dtype=x.dtype).to(x.device).view(-1, *([1] * (x.dim() - 1)))
+        return d / (_per_sample_norm(d) + _TINY) * r * self.eps
+
+    def step(self, grad, step_size: float):
+        return grad * (step_size / (_per_sample_norm(grad) + _TINY))
+
+    def project(self, delta):
+        norm = _per_sample_norm(delta)
+        return delta * torch.clamp(self.eps / (norm + _TINY), max=1.0)
+
+
+class Linf:
+    """‖δ‖∞ ≤ ε; sign steps."""
+
+    def __init__(self, eps: float):
+        self.eps = eps
+
+    def random_perturb(self, x, gen):
+        return (torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device) * 2 - 1) * self.eps
+
+    def step(self, grad, step_size: float):
+        return grad.sign() * step_size
+
+    def project(self, delta):
+        return delta.clamp(-self.eps, self.eps)
+
+
+THREAT_MODELS = {"l2": L2, "linf": Linf}
+
+
+def threat_model(norm: str, eps: float):
+    return THREAT_MODELS[norm](eps)
+
+
+@contextmanager
+def frozen(*modules: nn.Module):
+    """Switch off parameter gradients while attacking: the backward pass then skips weight grads."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+def ascend(x0: torch.Tensor, objective: Objective, threat, steps: int, step_size: float, *,
+           random_start: bool = False, noise_std: float = 0.0, generator: Optional[torch.Generator] = None,
+           anchor: Optional[torch.Tensor] = None, return_best: bool = False,
+           on_step: Optional[Callable[[int, torch.Tensor], None]] = None) -> torch.Tensor:
+    """Projected gradient ascent of a per-sample objective J (shape [B]):
+
+        d = ∇ₓ J(x);  x ← x + step(d) (+ σ·ξ);  x ← anchor + project(x − anchor);  x ← clamp(x, 0, 1)
+
+    `anchor` is the centre of the ball (default: x0). With `return_best`, the iterate with the
+    highest J per sample is returned instead of the last one. `on_step(t, J)` sees J before step t.
+    """
+    anchor = x0.detach() if anchor is None else anchor.detach()
+    x = x0.detach().clone()
+    if random_start:
+        x = (anchor + threat.random_perturb(x, generator)).clamp_(0, 1)
+    best = best_val = None
+    for t in range(steps + (1 if return_best else 0)):
+        x.requires_grad_(True)
+        values = objective(x)
+        if return_best:
+            v = values.detach()
+            if best is None:
+                best, best_val = x.detach().clone(), v.clone()
+            else:
+                better = v > best_val
+                best[better] = x.detach()[better]
+                best_val = torch.where(better, v, best_val)
+            if t == steps:
+                break
+        if on_step is not None:
+            on_step(t, values.detach())
+        grad, = torch.autograd.grad(values.sum(), x)
+        with torch.no_grad():
+            x = x.detach() + threat.step(grad, step_size)
+            if noise_std > 0:
+                x += noise_std * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            x = (anchor + threat.project(x - anchor)).clamp_(0, 1)
+    return best if return_best else x.detach()
+
+
+# ----------------------------------------------------------------------------- classifier attacks
+def ce_objective(model: nn.Module, y: torch.Tensor, targeted: bool = False) -> Objective:
+    """Untargeted: ascend CE(x, y). Targeted: ascend log p(y|x) = −CE(x, y)."""
+    sign = -1.0 if targeted else 1.0
+    return lambda x: sign * F.cross_entropy(model(x), y, reduction="none")
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, steps: int,
+        step_size: float, random_start: bool = True, generator: Optional[torch.Generator] = None,
+        targeted: bool = False) -> torch.Tensor:
+    """PGD on cross-entropy with the model's parameters frozen (the training and evaluation attack)."""
+    if eps <= 0 or steps <= 0:
+        return x.detach()
+    with frozen(model):
+        return ascend(x, ce_objective(model, y, targeted), threat_model(norm, eps), steps, step_size,
+                      random_start=random_start, generator=generator)

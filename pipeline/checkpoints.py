@@ -1,0 +1,57 @@
+"""Training checkpoints: everything needed to continue bit-identically, written atomically and
+read with `weights_only=True` (plain tensors and containers, never pickled code)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .data import atomic_torch_save
+from .errors import CemError
+
+
+def save_checkpoint(path: Path, *, model, optimizer, scheduler, step: int, epoch: int, params_hash: str,
+                    run_id: str, history: list[dict]) -> None:
+    atomic_torch_save({
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "step": step, "epoch": epoch, "params_hash": params_hash, "mlflow_run_id": run_id,
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "history": history,
+    }, path)
+
+
+def load_checkpoint(path: Path, params_hash: Optional[str]) -> dict:
+    """Load and check a checkpoint; one made with other params is refused, never silently resumed."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CemError(f"cannot load checkpoint {path}: {exc.__class__.__name__} "
+                       "(truncated file, or not a cem checkpoint?)") from None
+    if not isinstance(ckpt, dict) or "params_hash" not in ckpt or "model" not in ckpt:
+        raise CemError(f"{path} is not a cem training checkpoint")
+    if params_hash is not None and ckpt["params_hash"] != params_hash:
+        raise CemError(f"checkpoint {path} was made with other params (hash {ckpt['params_hash']}, "
+                       f"current {params_hash}); refusing to resume: delete it or pass --restart")
+    return ckpt
+
+
+def restore_rng(ckpt: dict) -> None:
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if torch.cuda.is_available() and ckpt["rng"].get("cuda"):
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+
+def load_model_file(path: Path) -> dict:
+    """A final model file (`model.pt`) written by a training stage."""
+    path = Path(path)
+    if not path.exists():
+        raise CemError(f"model not found: {path}; run the training stage first")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CemError(f"cannot load model {path}: {exc.__class__.__name__} (corrupt or not a cem model)") from None
+    if not isinstance(blob, dict) or not {"state_dict", "arch", "kind"} <= set(blob):
+        raise CemError(f"{path} is not a model written by `cem train`")
+    return blob

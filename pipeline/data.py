@@ -1,0 +1,286 @@
+"""CIFAR-10 preparation: read a source, write uint8 tensors, fit the Gaussian sampler seeds.
+
+Outputs (in `data.out_dir`):
+  dataset.pt     uint8 images (N, 3, 32, 32) + int64 labels for train and test, class names
+  seeds.pt       float32 mean and covariance factor, per class and overall (science.md §4)
+  manifest.json  source, per-class counts, sha256 of the two files, the MLflow run id
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import CemError
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+OFFLINE_HINT = ("point data.source at a local copy, e.g. "
+                "`cem prepare --source ../shared/data/cifar10-jpeg.tar.gz` "
+                "(an ImageFolder directory or .tar/.tar.gz with train/<class>/* and test/<class>/*)")
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, 3, 32, 32)
+    labels: torch.Tensor  # int64 (N,)
+
+
+@dataclass
+class Dataset:
+    train: Split
+    test: Split
+    classes: list[str]
+
+
+# ----------------------------------------------------------------------------- sources
+def _decode(blob: bytes, name: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(blob)) as img:
+            arr = np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise CemError(f"corrupt image in data source: {name} ({exc.__class__.__name__})") from None
+    if arr.shape != (32, 32, 3):
+        raise CemError(f"image {name} is {arr.shape[1]}x{arr.shape[0]}, expected 32x32")
+    return arr
+
+
+def _assemble(entries: Iterable[tuple[str, str, str, bytes]], origin: str) -> Dataset:
+    """entries: (split, class, member name, bytes). Sorted by name for a deterministic order."""
+    by_split: dict[str, dict[str, list[tuple[str, bytes]]]] = {"train": {}, "test": {}}
+    for split, cls, name, blob in entries:
+        by_split[split].setdefault(cls, []).append((name, blob))
+    for split in ("train", "test"):
+        if not by_split[split]:
+            raise CemError(f"{origin}: no images under {split}/<class>/; {OFFLINE_HINT}")
+    classes = sorted(by_split["train"])
+    if sorted(by_split["test"]) != classes:
+        raise CemError(f"{origin}: train/ and test/ hold different class folders")
+    splits = {}
+    for split in ("train", "test"):
+        images, labels = [], []
+        for label, cls in enumerate(classes):
+            for name, blob in sorted(by_split[split][cls]):
+                images.append(_decode(blob, name))
+                labels.append(label)
+        arr = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+        splits[split] = Split(arr, torch.tensor(labels, dtype=torch.int64))
+    return Dataset(splits["train"], splits["test"], classes)
+
+
+def _split_class(parts: list[str]) -> Optional[tuple[str, str]]:
+    """Find `.../(train|test)/<class>/<file>` in a path's parts."""
+    if len(parts) < 3 or not parts[-1].lower().endswith(IMAGE_SUFFIXES):
+        return None
+    split, cls = parts[-3], parts[-2]
+    if split not in ("train", "test"):
+        return None
+    return split, cls
+
+
+def _read_tar(path: Path) -> Dataset:
+    def entries():
+        try:
+            with tarfile.open(path, "r:*") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    found = _split_class(member.name.split("/"))
+                    if found:
+                        yield found[0], found[1], member.name, tar.extractfile(member).read()
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise CemError(f"cannot read archive {path}: {exc.__class__.__name__}: {exc}; "
+                           "is it a complete .tar/.tar.gz?") from None
+    return _assemble(entries(), str(path))
+
+
+def _read_dir(path: Path) -> Dataset:
+    def entries():
+        for file in sorted(path.rglob("*")):
+            if file.is_file():
+                found = _split_class(list(file.relative_to(path).parts))
+                if found:
+                    yield found[0], found[1], str(file.relative_to(path)), file.read_bytes()
+    return _assemble(entries(), str(path))
+
+
+def _read_torchvision(download_dir: Path) -> Dataset:
+    from torchvision.datasets import CIFAR10
+    splits = {}
+    try:
+        for split in ("train", "test"):
+            ds = CIFAR10(str(download_dir), train=split == "train", download=True)
+            splits[split] = Split(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
+                                  torch.tensor(ds.targets, dtype=torch.int64))
+    except Exception as exc:  # network errors come in many classes (URLError, socket, ssl, ...)
+        raise CemError(f"could not download CIFAR-10 with torchvision ({exc.__class__.__name__}); "
+                       f"{OFFLINE_HINT}") from None
+    return Dataset(splits["train"], splits["test"], list(CIFAR10_CLASSES))
+
+
+def read_source(source: str, download_dir: str | Path = "data/raw") -> Dataset:
+    if source == "torchvision":
+        return _read_torchvision(Path(download_dir))
+    path = Path(source)
+    if not path.exists():
+        raise CemError(f"data source not found: {source}; {OFFLINE_HINT}")
+    if path.is_dir():
+        return _read_dir(path)
+    return _read_tar(path)
+
+
+# ----------------------------------------------------------------------------- subsets
+def stratified_indices(labels: torch.Tensor, per_class: Optional[int], seed: int) -> torch.Tensor:
+    """A deterministic class-balanced subset (sorted indices); all indices when per_class is None."""
+    if per_class is None:
+        return torch.arange(len(labels))
+    gen = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        if len(idx) < per_class:
+            raise CemError(f"class {c} has only {len(idx)} images, fewer than the {per_class} asked for")
+        chosen.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    return torch.cat(chosen).sort().values
+
+
+def subset(split: Split, per_class: Optional[int], seed: int) -> Split:
+    idx = stratified_indices(split.labels, per_class, seed)
+    return Split(split.images[idx], split.labels[idx])
+
+
+# ----------------------------------------------------------------------------- seed statistics
+def gaussian_factor(images: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """N(μ, Σ + ridge·I) of flattened [0,1] images as (μ, F, s) with F Fᵀ + s²·I = Σ + ridge·I.
+
+    With at least 3072 images F is the Cholesky factor of Σ + ridge·I and s = 0. With fewer, Σ has
+    rank < 3072 and F = centred data / √(n−1) (Σ = F Fᵀ exactly), s = √ridge: the same
+    distribution in far less space (subsets used by tests and the smoke profile)."""
+    x = images.reshape(len(images), -1).to(torch.float64) / 255.0
+    n, d = x.shape
+    mean = x.mean(0)
+    xc = x - mean
+    if n - 1 < d:
+        return mean, xc.T / math.sqrt(max(n - 1, 1)), math.sqrt(ridge)
+    cov = xc.T @ xc / (n - 1)
+    cov.diagonal().add_(ridge)
+    chol, info = torch.linalg.cholesky_ex(cov)
+    if int(info) != 0:
+        raise CemError("seed covariance is not positive definite; raise data.cov_ridge")
+    return mean, chol, 0.0
+
+
+def fit_seeds(train: Split, num_classes: int, ridge: float) -> dict:
+    """Class-conditional and unconditional Gaussian seeds (science.md §4), float32."""
+    def fit(images):
+        m, f, s = gaussian_factor(images, ridge)
+        return {"mean": m.float(), "factor": f.float(), "iso_std": float(s)}
+    return {"classes": [fit(train.images[train.labels == c]) for c in range(num_classes)],
+            "all": fit(train.images), "ridge": float(ridge)}
+
+
+def draw_seeds(seeds: dict, n: int, gen: torch.Generator, condition: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sample n seed images in [0,1] (3, 32, 32): from class `condition[i]`'s Gaussian, or from the
+    unconditional one when `condition` is None."""
+    out = torch.empty(n, 3 * 32 * 32)
+    groups = [(None, torch.arange(n))] if condition is None else \
+        [(c, torch.nonzero(condition == c).flatten()) for c in torch.unique(condition).tolist()]
+    for c, idx in groups:
+        g = seeds["all"] if c is None else seeds["classes"][c]
+        z = torch.randn(len(idx), g["factor"].shape[1], generator=gen)
+        x = g["mean"] + z @ g["factor"].T
+        if g["iso_std"] > 0:
+            x += g["iso_std"] * torch.randn(len(idx), x.shape[1], generator=gen)
+        out[idx] = x
+    return out.clamp_(0, 1).view(n, 3, 32, 32)
+
+
+# ----------------------------------------------------------------------------- files
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_torch_save(obj, path: str | Path) -> None:
+    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_dataset(out_dir: str | Path) -> Dataset:
+    path = Path(out_dir) / "dataset.pt"
+    if not path.exists():
+        raise CemError(f"prepared data not found at {path}; run `cem prepare` first")
+    try:
+        blob = torch.load(path, weights_only=True)
+        return Dataset(Split(blob["train_images"], blob["train_labels"]),
+                       Split(blob["test_images"], blob["test_labels"]), list(blob["classes"]))
+    except Exception as exc:
+        raise CemError(f"{path} is not a dataset written by `cem prepare` ({exc.__class__.__name__})") from None
+
+
+def load_seeds(out_dir: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(out_dir) / "seeds.pt"
+    if not path.exists():
+        raise CemError(f"seed statistics not found at {path}; run `cem prepare` first")
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as exc:
+        raise CemError(f"{path} is not a seed file written by `cem prepare` ({exc.__class__.__name__})") from None
+
+
+def read_manifest(out_dir: str | Path) -> dict:
+    path = Path(out_dir) / "manifest.json"
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())
+
+
+def prepare(source: str, download_dir: str, out_dir: str, train_per_class: Optional[int],
+            test_per_class: Optional[int], ridge: float, seed: int, run_id: str = "") -> dict:
+    """Everything is computed before the first byte is written, so a failure leaves no outputs."""
+    ds = read_source(source, download_dir)
+    train = subset(ds.train, train_per_class, seed)
+    test = subset(ds.test, test_per_class, seed + 1)
+    seeds = fit_seeds(train, len(ds.classes), ridge)
+    out = Path(out_dir)
+    atomic_torch_save({"train_images": train.images, "train_labels": train.labels,
+                       "test_images": test.images, "test_labels": test.labels,
+                       "classes": list(ds.classes)}, out / "dataset.pt")
+    atomic_torch_save(seeds, out / "seeds.pt")
+    manifest = {
+        "source": source,
+        "classes": list(ds.classes),
+        "train_per_class": {c: int((train.labels == i).sum()) for i, c in enumerate(ds.classes)},
+        "test_per_class": {c: int((test.labels == i).sum()) for i, c in enumerate(ds.classes)},
+        "n_train": len(train.labels), "n_test": len(test.labels),
+        "subset": {"train_per_class": train_per_class, "test_per_class": test_per_class, "seed": seed},
+        "sha256": {"dataset.pt": sha256_file(out / "dataset.pt"), "seeds.pt": sha256_file(out / "seeds.pt")},
+        "mlflow_run_id": run_id,
+    }
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest

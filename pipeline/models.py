@@ -1,0 +1,129 @@
+"""Networks, registered by name. Inputs are images in [0,1]; every model normalises inside
+`forward` (normalisation done outside is the classic attack-library bug).
+
+`features(x)` is the penultimate representation g(x); `forward(x)` the logits f(x, ·) = g(x)·W.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .params import ArchParams
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean=CIFAR_MEAN, std=CIFAR_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def _conv_bn(cin: int, cout: int, pool: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=False)]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    layers += [nn.BatchNorm2d(cout), nn.GELU()]
+    return layers
+
+
+class AirbenchNet(nn.Module):
+    """airbench-style CIFAR net: a 2x2 patch stem, three conv-pool-BN groups, global max pool.
+    Small enough for CPU adversarial training (≈20 M MACs per image at widths 32/64/128)."""
+
+    def __init__(self, widths=(32, 64, 128), num_classes: int = 10, stem: int = 24):
+        super().__init__()
+        w1, w2, w3 = widths
+        self.normalize = Normalize()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, stem, 2, padding=0, bias=True), nn.GELU(),
+            *_conv_bn(stem, w1, True), *_conv_bn(w1, w1, False),
+            *_conv_bn(w1, w2, True), *_conv_bn(w2, w2, False),
+            *_conv_bn(w2, w3, True), *_conv_bn(w3, w3, False),
+            nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+        )
+        self.feature_dim = w3
+        self.fc = nn.Linear(w3, num_classes, bias=False)
+
+    def features(self, x):
+        return self.body(self.normalize(x))
+
+    def forward(self, x):
+        return self.fc(self.features(x)) / 8.0  # airbench's fixed logit scale keeps early CE sane
+
+
+class CifarResNet(nn.Module):
+    """torchvision ResNet with the CIFAR stem (3x3 conv, stride 1, no max pool)."""
+
+    def __init__(self, depth: int, num_classes: int = 10):
+        super().__init__()
+        from torchvision.models import resnet18, resnet50
+        net = {18: resnet18, 50: resnet50}[depth](num_classes=num_classes)
+        net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+        self.feature_dim = net.fc.in_features
+        self.fc = net.fc
+        net.fc = nn.Identity()
+        self.net = net
+        self.normalize = Normalize()
+
+    def features(self, x):
+        return self.net(self.normalize(x))
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+ARCHITECTURES: dict[str, Callable[[ArchParams, int], nn.Module]] = {
+    "airbench": lambda p, k: AirbenchNet(tuple(p.widths), k),
+    "resnet18": lambda p, k: CifarResNet(18, k),
+    "resnet50": lambda p, k: CifarResNet(50, k),
+}
+
+
+def build_classifier(arch: ArchParams, num_classes: int = 10) -> nn.Module:
+    return ARCHITECTURES[arch.name](arch, num_classes)
+
+
+class ContrastiveModel(nn.Module):
+    """Encoder + projection head; `embed(x)` is ĝ(x), L2-normalised, for f(x, x') = ĝ(x)·ĝ(x')/τ."""
+
+    def __init__(self, arch: ArchParams, proj_dim: int = 128):
+        super().__init__()
+        self.encoder = build_classifier(arch, num_classes=1)
+        self.encoder.fc = nn.Identity()  # encoder.features is used; no class head
+        d = self.encoder.feature_dim
+        self.head = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, proj_dim))
+        self.feature_dim = d
+
+    def features(self, x):
+        return self.encoder.features(x)
+
+    def embed(self, x):
+        return F.normalize(self.head(self.features(x)), dim=1)
+
+    def forward(self, x):
+        return self.embed(x)
+
+
+class LinearProbe(nn.Module):
+    """Frozen encoder + a linear classifier: a classifier the attack engine can evaluate."""
+
+    def __init__(self, encoder: ContrastiveModel, num_classes: int = 10):
+        super().__init__()
+        self.encoder = encoder
+        self.fc = nn.Linear(encoder.feature_dim, num_classes)
+
+    def features(self, x):
+        return self.encoder.features(x)
+
+    def forward(self, x):
+        return self.fc(self.features(x))

@@ -1,0 +1,323 @@
+"""One typed schema for the whole params.yaml.
+
+Every stage reads its own section, so DVC tracks exactly the params a stage depends on. The
+schema is strict: unknown keys, wrong types (a string where a number belongs) and out-of-range
+values are refused with one line naming the key. Defaults follow science.md; choices marked
+*reading* there are params with the documented default.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ParamsError
+
+NonNeg = Field(ge=0)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+# ----------------------------------------------------------------------------- data
+class DataParams(Strict):
+    source: str = "torchvision"
+    """'torchvision' (download, cached under `download_dir`) or a path to a local ImageFolder
+    directory or .tar/.tar.gz archive with train/<class>/* and test/<class>/*."""
+    download_dir: str = "data/raw"
+    out_dir: str = "data/prepared"
+    train_per_class: Optional[int] = Field(default=None, gt=0)
+    """Stratified deterministic subset of the training set (None: all 5,000 per class)."""
+    test_per_class: Optional[int] = Field(default=None, gt=0)
+    cov_ridge: float = Field(default=1e-4, ge=0)
+    """Added to every seed covariance's diagonal (science.md §4)."""
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------- models / attacks
+class ArchParams(Strict):
+    name: Literal["airbench", "resnet18", "resnet50"] = "airbench"
+    widths: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=3, max_length=3)
+    """Channel widths of the airbench net's three groups (ignored by ResNets)."""
+
+
+class AttackParams(Strict):
+    norm: Literal["l2", "linf"] = "l2"
+    eps: float = Field(default=0.5, ge=0)
+    steps: int = Field(default=3, ge=0)
+    step_size: Optional[float] = Field(default=None, gt=0)
+    """None: 2.5·eps/steps for L2 (Madry), 2/255 for L∞ when eps = 8/255 else 2.5·eps/steps."""
+    random_start: bool = True
+    kind: Literal["pgd", "fgsm_rs"] = "pgd"
+    """'fgsm_rs' is fast AT (one step from a random start, step 1.25·eps); a cheaper option."""
+
+    def resolved_step_size(self) -> float:
+        if self.step_size is not None:
+            return self.step_size
+        if self.kind == "fgsm_rs":
+            return 1.25 * self.eps
+        return 2.5 * self.eps / max(self.steps, 1)
+
+
+class EvalParams(Strict):
+    test_per_class: Optional[int] = Field(default=100, gt=0)
+    """Final evaluation set: a fixed stratified subset of the test set (None: all 10,000)."""
+    attack_steps: int = Field(default=20, ge=0)
+    every_steps: int = Field(default=200, gt=0)
+    """Evaluate (clean + PGD-k on `epoch_per_class`) every this many optimizer steps."""
+    epoch_per_class: int = Field(default=20, gt=0)
+    epoch_attack_steps: int = Field(default=5, ge=0)
+    batch_size: int = Field(default=500, gt=0)
+
+
+class OptimParams(Strict):
+    epochs: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=128, gt=0)
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(default=5e-4, ge=0)
+    schedule: Literal["step", "triangle", "constant"] = "step"
+    milestones: list[float] = Field(default_factory=lambda: [0.333, 0.667])
+    """Fractions of training at which the step schedule multiplies lr by `gamma`."""
+    gamma: float = Field(default=0.1, gt=0)
+    warmup_frac: float = Field(default=0.2, ge=0, lt=1)
+    """Triangle schedule: fraction of steps spent rising to lr before a linear fall to 0."""
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+
+
+class RuntimeParams(Strict):
+    threads: Optional[int] = Field(default=None, gt=0)
+    channels_last: bool = True
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = False
+    """bf16 autocast on CUDA only (bf16 is ~500x slower on the project CPUs)."""
+    deterministic: bool = True
+    """cudnn.benchmark off and deterministic algorithms on; on CPU results are bit-identical."""
+
+
+class SupervisedParams(Strict):
+    seed: int = 0
+    arch: ArchParams = Field(default_factory=ArchParams)
+    optim: OptimParams = Field(default_factory=OptimParams)
+    attack: AttackParams = Field(default_factory=AttackParams)
+    eval: EvalParams = Field(default_factory=EvalParams)
+    eval_attack: AttackParams = Field(default_factory=AttackParams)
+    """Threat model of the evaluation attack (its `steps` are taken from eval.*attack_steps)."""
+    augment: bool = True
+    checkpoint_every: int = Field(default=100, gt=0)
+    out_dir: str = "models/sup"
+    runtime: RuntimeParams = Field(default_factory=RuntimeParams)
+
+
+class ContrastiveParams(Strict):
+    tau: float = Field(default=0.5, gt=0)
+    proj_dim: int = Field(default=128, gt=0)
+    clean_weight: float = Field(default=0.5, ge=0)
+    adv_weight: float = Field(default=0.5, ge=0)
+    perturb: Literal["both", "second"] = "both"
+    """Which views the inner PGD perturbs (science.md §3 reading: both)."""
+
+
+class ProbeParams(Strict):
+    epochs: int = Field(default=10, gt=0)
+    lr: float = Field(default=0.1, gt=0)
+    batch_size: int = Field(default=256, gt=0)
+    train_per_class: Optional[int] = Field(default=500, gt=0)
+
+
+class UnsupervisedParams(Strict):
+    seed: int = 0
+    arch: ArchParams = Field(default_factory=ArchParams)
+    optim: OptimParams = Field(default_factory=lambda: OptimParams(batch_size=512, lr=0.5))
+    attack: AttackParams = Field(default_factory=lambda: AttackParams(norm="linf", eps=8 / 255, steps=5,
+                                                                      step_size=2 / 255))
+    contrastive: ContrastiveParams = Field(default_factory=ContrastiveParams)
+    probe: ProbeParams = Field(default_factory=ProbeParams)
+    eval: EvalParams = Field(default_factory=EvalParams)
+    eval_attack: AttackParams = Field(default_factory=lambda: AttackParams(norm="l2", eps=0.5))
+    checkpoint_every: int = Field(default=50, gt=0)
+    out_dir: str = "models/unsup"
+    runtime: RuntimeParams = Field(default_factory=RuntimeParams)
+
+
+# ----------------------------------------------------------------------------- sampling
+SAMPLER_NAMES = ("ta", "langevin", "cs", "rcs", "pgd_uncond", "pgd_cond", "maxent_uncond", "maxent_cond")
+
+
+class SamplerParams(Strict):
+    """Every hyperparameter of science.md §4. All optional here: a sampler's section overrides
+    `sample.defaults`, which holds the documented defaults."""
+    n: Optional[int] = Field(default=None, gt=0)
+    batch_size: Optional[int] = Field(default=None, gt=0)
+    shard_size: Optional[int] = Field(default=None, gt=0)
+    steps: Optional[int] = Field(default=None, ge=0)
+    step_size: Optional[float] = Field(default=None, gt=0)
+    eps: Optional[float] = Field(default=None, gt=0)
+    noise_std: Optional[float] = Field(default=None, ge=0)
+    lam: Optional[float] = None
+    beta: Optional[float] = None
+    bank_size: Optional[int] = Field(default=None, gt=0)
+    tau: Optional[float] = Field(default=None, gt=0)
+    condition: Optional[Literal["labels", "kmeans"]] = None
+    return_best: Optional[bool] = None
+    seed: Optional[int] = None
+
+
+class ResolvedSamplerParams(Strict):
+    n: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    shard_size: int = Field(gt=0)
+    steps: int = Field(ge=0)
+    step_size: float = Field(gt=0)
+    eps: float = Field(gt=0)
+    noise_std: float = Field(ge=0)
+    lam: float
+    beta: float
+    bank_size: int = Field(gt=0)
+    tau: float = Field(gt=0)
+    condition: Literal["labels", "kmeans"]
+    return_best: bool
+    seed: int
+
+
+def _default_sampler_section() -> SamplerParams:
+    return SamplerParams(n=1000, batch_size=250, shard_size=500, steps=60, step_size=0.5, eps=30.0,
+                         noise_std=0.0, lam=1.0, beta=1.0, bank_size=1000, tau=0.5, condition="labels",
+                         return_best=False, seed=0)
+
+
+class SampleParams(Strict):
+    out_dir: str = "samples"
+    defaults: SamplerParams = Field(default_factory=_default_sampler_section)
+    ta: SamplerParams = Field(default_factory=SamplerParams)
+    langevin: SamplerParams = Field(default_factory=lambda: SamplerParams(noise_std=0.01))
+    cs: SamplerParams = Field(default_factory=SamplerParams)
+    rcs: SamplerParams = Field(default_factory=SamplerParams)
+    pgd_uncond: SamplerParams = Field(default_factory=SamplerParams)
+    pgd_cond: SamplerParams = Field(default_factory=SamplerParams)
+    maxent_uncond: SamplerParams = Field(default_factory=SamplerParams)
+    maxent_cond: SamplerParams = Field(default_factory=SamplerParams)
+    runtime: RuntimeParams = Field(default_factory=RuntimeParams)
+
+    @model_validator(mode="after")
+    def _defaults_complete(self):
+        missing = [k for k, v in self.defaults.model_dump().items() if v is None]
+        if missing:
+            raise ValueError(f"sample.defaults must set every key; missing {', '.join(missing)}")
+        for name in SAMPLER_NAMES:
+            self.resolved(name)
+        return self
+
+    def resolved(self, name: str) -> ResolvedSamplerParams:
+        if name not in SAMPLER_NAMES:
+            raise ParamsError(f"unknown sampler '{name}'; choose one of {', '.join(SAMPLER_NAMES)}")
+        merged = self.defaults.model_dump()
+        merged.update({k: v for k, v in getattr(self, name).model_dump().items() if v is not None})
+        return ResolvedSamplerParams(**merged)
+
+
+# ----------------------------------------------------------------------------- scoring / report
+class ScoreParams(Strict):
+    out_dir: str = "scores"
+    reference_per_class: Optional[int] = Field(default=None, gt=0)
+    """Reference set for FID/KID: the (prepared) training images, optionally a stratified subset."""
+    judge: Literal["reference", "judge"] = "reference"
+    kid_subset_size: int = Field(default=1000, gt=1)
+    inception: bool = True
+    """Try the Inception feature space (skipped with a clear line when weights are unavailable)."""
+    inception_weights: Optional[str] = None
+    control_steps: int = Field(default=2, ge=0)
+    """Control row: the seeds after this many sampler steps (science.md §6 caution)."""
+    batch_size: int = Field(default=250, gt=0)
+    seed: int = 0
+
+
+class ReportParams(Strict):
+    out: str = "reports/results.md"
+
+
+class Params(Strict):
+    experiment: str = "cem"
+    data: DataParams = Field(default_factory=DataParams)
+    train_sup: SupervisedParams = Field(default_factory=SupervisedParams)
+    train_ref: SupervisedParams = Field(default_factory=lambda: SupervisedParams(
+        attack=AttackParams(eps=0.0, steps=0), out_dir="models/ref"))
+    train_unsup: UnsupervisedParams = Field(default_factory=UnsupervisedParams)
+    sample: SampleParams = Field(default_factory=SampleParams)
+    score: ScoreParams = Field(default_factory=ScoreParams)
+    report: ReportParams = Field(default_factory=ReportParams)
+
+
+# ----------------------------------------------------------------------------- loading
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    got = first.get("input")
+    got_txt = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{got_txt}{more}"
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: top level must be a mapping of sections")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_format_error(err, source)) from None
+
+
+def set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    """Apply one `section.key=value` override (value parsed as YAML) to a raw params mapping."""
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        if not isinstance(node.get(part, {}), dict):
+            raise ParamsError(f"--set {dotted}: '{part}' is not a section")
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides or []:
+        if "=" not in item:
+            raise ParamsError(f"--set {item!r}: expected KEY=VALUE, e.g. train_sup.optim.epochs=2")
+        key, value = item.split("=", 1)
+        set_dotted(raw, key.strip(), yaml.safe_load(value))
+    return raw
+
+
+def read_raw(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where}") from None
+    return raw or {}
+
+
+def load_params(path: str | Path = "params.yaml", overrides: Optional[list[str]] = None) -> Params:
+    raw = apply_overrides(read_raw(path), overrides or [])
+    return parse_params(raw, str(path))
+
+
+def section_hash(section: BaseModel, exclude: tuple[str, ...] = ()) -> str:
+    """Stable hash of a params section (used to refuse checkpoints made with other params)."""
+    data = section.model_dump(exclude=set(exclude))
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,40 @@
+"""What every stage command shares: params options, and turning user errors into one line."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.errors import CemError
+from pipeline.params import Params, load_params
+
+ParamsPath = Annotated[Path, typer.Option("--params", help="Params file; each stage reads its own section.")]
+Overrides = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override one param for this run, e.g. --set train_sup.optim.epochs=2 (repeatable).")]
+
+
+def load(params_path: Path, overrides: Optional[list[str]], extra: Optional[dict] = None) -> Params:
+    """Load params.yaml plus --set overrides plus explicit options (None values are ignored)."""
+    sets = list(overrides or [])
+    for key, value in (extra or {}).items():
+        if value is not None:
+            sets.append(f"{key}={value}")
+    return load_params(params_path, sets)
+
+
+def user_errors(fn):
+    """A CemError becomes `error: <one line>` on stderr and its exit code, with no traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CemError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(exc.exit_code)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise typer.Exit(130)
+    return wrapper
