@@ -55,3 +55,19 @@ def load_model_file(path: Path) -> dict:
     if not isinstance(blob, dict) or not {"state_dict", "arch", "kind"} <= set(blob):
         raise CemError(f"{path} is not a model written by `cem train`")
     return blob
+
+
+def build_trained_model(blob: dict):
+    """Rebuild a network from a model file's architecture record and load its weights."""
+    from .models import ContrastiveModel, build_classifier
+    from .params import ArchParams
+    arch = ArchParams(**blob["arch"])
+    if blob["kind"] == "contrastive":
+        model = ContrastiveModel(arch, blob["proj_dim"])
+    else:
+        model = build_classifier(arch, blob["num_classes"])
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as exc:
+        raise CemError(f"model weights do not fit the recorded architecture: {str(exc).splitlines()[0]}") from None
+    return model.eval()

@@ -141,7 +141,8 @@ class UnsupervisedParams(Strict):
     contrastive: ContrastiveParams = Field(default_factory=ContrastiveParams)
     probe: ProbeParams = Field(default_factory=ProbeParams)
     eval: EvalParams = Field(default_factory=EvalParams)
-    eval_attack: AttackParams = Field(default_factory=lambda: AttackParams(norm="l2", eps=0.5))
+    eval_attack: AttackParams = Field(default_factory=lambda: AttackParams(norm="linf", eps=8 / 255,
+                                                                           step_size=2 / 255))
     checkpoint_every: int = Field(default=50, gt=0)
     out_dir: str = "models/unsup"
     runtime: RuntimeParams = Field(default_factory=RuntimeParams)

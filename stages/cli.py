@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from . import prepare, profile, train
+from . import prepare, profile, sample, train
 
 app = typer.Typer(
     name="cem",
@@ -14,6 +14,7 @@ app = typer.Typer(
 )
 app.command("prepare")(prepare.prepare)
 app.add_typer(train.app, name="train")
+app.command("sample")(sample.sample)
 app.command("profile")(profile.profile)
 
 if __name__ == "__main__":

@@ -1,0 +1,162 @@
+"""The sampling stage: N samples from one registered sampler, in resumable shards.
+
+Memory is flat in N (one shard in memory at a time); every batch draws from a generator seeded by
+(seed, batch index), so output is deterministic and a resumed run is byte-identical to an
+uninterrupted one. A folder's `config.json` records the hash of everything that determines the
+samples: shards made under another config are discarded, never mixed in.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoints import build_trained_model, load_model_file
+from .data import atomic_torch_save, atomic_write_text, load_dataset, load_seeds, sha256_file
+from .errors import CemError
+from .params import ResolvedSamplerParams
+from .progress import log, progress_bar
+from .samplers import SAMPLERS, SamplingContext, build_bank, generate_batch, to_uint8
+
+
+def shard_paths(folder: Path) -> list[Path]:
+    return sorted(Path(folder).glob("shard-*.pt"))
+
+
+def load_shards(folder: Path):
+    """Yield (uint8 images, labels) per shard, in order."""
+    paths = shard_paths(folder)
+    if not paths:
+        raise CemError(f"no sample shards in {folder}; run `cem sample` first")
+    for path in paths:
+        try:
+            blob = torch.load(path, weights_only=True)
+        except Exception as exc:
+            raise CemError(f"corrupt sample shard {path} ({exc.__class__.__name__})") from None
+        yield blob["images"], blob["labels"]
+
+
+def prepare_context(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir: str, device):
+    """Model, seeds and (for contrastive samplers) the bank: everything a batch needs."""
+    if name not in SAMPLERS:
+        raise CemError(f"unknown sampler '{name}'; registered: {', '.join(SAMPLERS)}", exit_code=2)
+    sampler = SAMPLERS[name]
+    blob = load_model_file(model_path)
+    if blob["kind"] != sampler.model_kind:
+        raise CemError(f"sampler '{name}' needs a {sampler.model_kind} model but {model_path} holds a {blob['kind']}")
+    model = build_trained_model(blob).to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    seeds = load_seeds(data_dir)
+    num_classes = blob["num_classes"]
+    ctx = SamplingContext(model, rp, num_classes)
+    if sampler.model_kind == "contrastive":
+        ds = load_dataset(data_dir)
+        bank_z, bank_cond, seeds = build_bank(model.cpu(), ds.train.images, ds.train.labels, rp, num_classes,
+                                              float(seeds["ridge"]), seeds)
+        model.to(device)
+        ctx.bank_z, ctx.bank_cond = bank_z.to(device), bank_cond.to(device)
+    return sampler, ctx, seeds, blob
+
+
+def config_hash(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir: str) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"sampler": name, **rp.model_dump()}, sort_keys=True).encode())
+    h.update(sha256_file(model_path).encode())
+    h.update(sha256_file(Path(data_dir) / "seeds.pt").encode())
+    return h.hexdigest()[:16]
+
+
+def run_sampling(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir: str, out_dir: Path,
+                 device, run=None) -> dict:
+    if rp.shard_size % rp.batch_size != 0:
+        raise CemError(f"sample.{name}: shard_size ({rp.shard_size}) must be a multiple of batch_size "
+                       f"({rp.batch_size}) so that batches (which MaxEnt couples) never straddle shards", 2)
+    sampler, ctx, seeds, blob = prepare_context(name, rp, model_path, data_dir, device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    chash = config_hash(name, rp, model_path, data_dir)
+    cfg_path = out / "config.json"
+    if cfg_path.exists() and json.loads(cfg_path.read_text()).get("hash") != chash:
+        stale = shard_paths(out)
+        log(f"sample {name}: discarding {len(stale)} shard(s) made with other params/model")
+        for path in stale:
+            path.unlink()
+    for path in out.glob(".*.tmp*"):
+        path.unlink()
+    atomic_write_text(cfg_path, json.dumps({"hash": chash, "sampler": name, **rp.model_dump()}, indent=2) + "\n")
+
+    n_shards = math.ceil(rp.n / rp.shard_size)
+    per_shard_batches = rp.shard_size // rp.batch_size
+    j_first, j_last, generated, t0 = [], [], 0, time.perf_counter()
+    with progress_bar(f"sample {name}", rp.n) as advance:
+        for s in range(n_shards):
+            path = out / f"shard-{s:05d}.pt"
+            start_s = s * rp.shard_size
+            count_s = min(rp.shard_size, rp.n - start_s)
+            if path.exists():
+                advance(count_s)
+                continue
+            images, labels = [], []
+            for b in range(per_shard_batches):
+                start = start_s + b * rp.batch_size
+                count = min(rp.batch_size, rp.n - start)
+                if count <= 0:
+                    break
+                record = {}
+
+                def on_step(t, values, record=record):
+                    record.setdefault("first", values.mean().item())
+                    record["last"] = values.mean().item()
+                _, x, lab = generate_batch(sampler, ctx, seeds, start, count, s * per_shard_batches + b,
+                                           device=device, on_step=on_step)
+                if "first" in record:
+                    j_first.append(record["first"])
+                    j_last.append(record["last"])
+                images.append(to_uint8(x))
+                labels.append(lab)
+                generated += count
+                advance(count)
+            atomic_torch_save({"images": torch.cat(images), "labels": torch.cat(labels)}, path)
+    elapsed = time.perf_counter() - t0
+    grid = write_grid(out, sampler.conditional, ctx.num_classes)
+    stats = {
+        "sampler": name, "formula": sampler.formula, "n": rp.n, "shards": n_shards,
+        "conditional": sampler.conditional, "generated_now": generated,
+        "samples_per_second": round(generated / elapsed, 2) if generated else None,
+        "objective_first_step_mean": round(sum(j_first) / len(j_first), 4) if j_first else None,
+        "objective_last_step_mean": round(sum(j_last) / len(j_last), 4) if j_last else None,
+        "config_hash": chash, "model_run_id": blob.get("mlflow_run_id", ""),
+        "mlflow_run_id": run.run_id if run else "",
+    }
+    atomic_write_text(out / "meta.json", json.dumps(stats, indent=2) + "\n")
+    if run is not None:
+        run.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        run.log_artifact(grid)
+        run.log_artifact(out / "meta.json")
+    return stats
+
+
+def write_grid(folder: Path, conditional: bool, num_classes: int, per_row: int = 10) -> Path:
+    """Sample grid PNG: one row per class for conditional samplers, else the first 100 samples."""
+    from torchvision.utils import make_grid
+    images, labels = next(load_shards(folder))
+    if conditional:
+        rows = [images[labels == c][:per_row] for c in range(num_classes)]
+        rows = [torch.cat([r, torch.zeros(per_row - len(r), *r.shape[1:], dtype=r.dtype)]) for r in rows]
+        picked = torch.cat(rows)
+    else:
+        picked = images[:per_row * num_classes]
+    grid = make_grid(picked.float() / 255, nrow=per_row, padding=2, pad_value=1.0)
+    grid = torch.nn.functional.interpolate(grid[None], scale_factor=2, mode="nearest")[0]
+    path = folder / "grid.png"
+    from PIL import Image
+    arr = (grid.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    tmp = folder / ".grid.tmp.png"
+    Image.fromarray(arr).save(tmp)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,50 @@
+"""`cem sample NAME`: generate samples with one registered sampler."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline import data as data_mod
+from pipeline.errors import CemError
+from pipeline.params import SAMPLER_NAMES
+from pipeline.progress import log
+from pipeline.samplers import SAMPLERS
+from pipeline.sampling import run_sampling
+from pipeline.tracking import stage_run
+from pipeline.train import setup_runtime
+
+from .common import Overrides, ParamsPath, load, user_errors
+
+
+@user_errors
+def sample(
+    name: Annotated[str, typer.Argument(help=f"Sampler: {', '.join(SAMPLER_NAMES)}.")],
+    params: ParamsPath = Path("params.yaml"),
+    overrides: Overrides = None,
+    n: Annotated[Optional[int], typer.Option(help="Override sample.NAME.n (number of samples).")] = None,
+):
+    """Draw samples (uint8 shards + grid.png + meta.json under sample.out_dir/NAME)."""
+    if name not in SAMPLERS:
+        raise CemError(f"unknown sampler '{name}'; choose one of {', '.join(SAMPLERS)}", exit_code=2)
+    p = load(params, overrides, {f"sample.{name}.n": n})
+    rp = p.sample.resolved(name)
+    sampler = SAMPLERS[name]
+    model_dir = p.train_sup.out_dir if sampler.model_kind == "classifier" else p.train_unsup.out_dir
+    model_path = Path(model_dir) / "model.pt"
+    device = setup_runtime(p.sample.runtime)
+    manifest = data_mod.read_manifest(p.data.out_dir)
+    model_run = ""
+    train_metrics = Path(model_dir) / "model.pt"
+    if train_metrics.exists():
+        from pipeline.checkpoints import load_model_file
+        model_run = load_model_file(model_path).get("mlflow_run_id", "")
+    with stage_run(p.experiment, f"sample_{name}", rp,
+                   upstream={"prepare": manifest.get("mlflow_run_id", ""), "model": model_run},
+                   tags={"sampler": name}) as run:
+        stats = run_sampling(name, rp, model_path, p.data.out_dir, Path(p.sample.out_dir) / name, device, run)
+    log(f"sample {name}: " + json.dumps({k: stats[k] for k in ("n", "samples_per_second",
+                                                                "objective_first_step_mean",
+                                                                "objective_last_step_mean")}))
