@@ -55,8 +55,10 @@ def _decode(blob: bytes, name: str) -> np.ndarray:
     return arr
 
 
-def _assemble(entries: Iterable[tuple[str, str, str, bytes]], origin: str) -> Dataset:
-    """entries: (split, class, member name, bytes). Sorted by name for a deterministic order."""
+def _assemble(entries: Iterable[tuple[str, str, str, bytes]], origin: str,
+              per_class: dict[str, Optional[int]], seed: int) -> Dataset:
+    """entries: (split, class, member name, bytes), sorted by name for a deterministic order. The
+    stratified subset is chosen before decoding, so a small subset decodes only what it keeps."""
     by_split: dict[str, dict[str, list[tuple[str, bytes]]]] = {"train": {}, "test": {}}
     for split, cls, name, blob in entries:
         by_split[split].setdefault(cls, []).append((name, blob))
@@ -68,13 +70,12 @@ def _assemble(entries: Iterable[tuple[str, str, str, bytes]], origin: str) -> Da
         raise CemError(f"{origin}: train/ and test/ hold different class folders")
     splits = {}
     for split in ("train", "test"):
-        images, labels = [], []
-        for label, cls in enumerate(classes):
-            for name, blob in sorted(by_split[split][cls]):
-                images.append(_decode(blob, name))
-                labels.append(label)
+        items = [(label, item) for label, cls in enumerate(classes) for item in sorted(by_split[split][cls])]
+        labels = torch.tensor([label for label, _ in items], dtype=torch.int64)
+        keep = stratified_indices(labels, per_class[split], seed + (split == "test"))
+        images = [_decode(items[i][1][1], items[i][1][0]) for i in keep.tolist()]
         arr = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-        splits[split] = Split(arr, torch.tensor(labels, dtype=torch.int64))
+        splits[split] = Split(arr, labels[keep])
     return Dataset(splits["train"], splits["test"], classes)
 
 
@@ -88,7 +89,7 @@ def _split_class(parts: list[str]) -> Optional[tuple[str, str]]:
     return split, cls
 
 
-def _read_tar(path: Path) -> Dataset:
+def _read_tar(path: Path, per_class, seed) -> Dataset:
     def entries():
         try:
             with tarfile.open(path, "r:*") as tar:
@@ -101,42 +102,46 @@ def _read_tar(path: Path) -> Dataset:
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise CemError(f"cannot read archive {path}: {exc.__class__.__name__}: {exc}; "
                            "is it a complete .tar/.tar.gz?") from None
-    return _assemble(entries(), str(path))
+    return _assemble(entries(), str(path), per_class, seed)
 
 
-def _read_dir(path: Path) -> Dataset:
+def _read_dir(path: Path, per_class, seed) -> Dataset:
     def entries():
         for file in sorted(path.rglob("*")):
             if file.is_file():
                 found = _split_class(list(file.relative_to(path).parts))
                 if found:
                     yield found[0], found[1], str(file.relative_to(path)), file.read_bytes()
-    return _assemble(entries(), str(path))
+    return _assemble(entries(), str(path), per_class, seed)
 
 
-def _read_torchvision(download_dir: Path) -> Dataset:
+def _read_torchvision(download_dir: Path, per_class, seed) -> Dataset:
     from torchvision.datasets import CIFAR10
     splits = {}
     try:
         for split in ("train", "test"):
             ds = CIFAR10(str(download_dir), train=split == "train", download=True)
-            splits[split] = Split(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
-                                  torch.tensor(ds.targets, dtype=torch.int64))
+            full = Split(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
+                         torch.tensor(ds.targets, dtype=torch.int64))
+            splits[split] = subset(full, per_class[split], seed + (split == "test"))
     except Exception as exc:  # network errors come in many classes (URLError, socket, ssl, ...)
         raise CemError(f"could not download CIFAR-10 with torchvision ({exc.__class__.__name__}); "
                        f"{OFFLINE_HINT}") from None
     return Dataset(splits["train"], splits["test"], list(CIFAR10_CLASSES))
 
 
-def read_source(source: str, download_dir: str | Path = "data/raw") -> Dataset:
+def read_source(source: str, download_dir: str | Path = "data/raw", train_per_class: Optional[int] = None,
+                test_per_class: Optional[int] = None, seed: int = 0) -> Dataset:
+    """Read a source and take the stratified deterministic subset (None: everything)."""
+    per_class = {"train": train_per_class, "test": test_per_class}
     if source == "torchvision":
-        return _read_torchvision(Path(download_dir))
+        return _read_torchvision(Path(download_dir), per_class, seed)
     path = Path(source)
     if not path.exists():
         raise CemError(f"data source not found: {source}; {OFFLINE_HINT}")
     if path.is_dir():
-        return _read_dir(path)
-    return _read_tar(path)
+        return _read_dir(path, per_class, seed)
+    return _read_tar(path, per_class, seed)
 
 
 # ----------------------------------------------------------------------------- subsets
@@ -263,9 +268,8 @@ def read_manifest(out_dir: str | Path) -> dict:
 def prepare(source: str, download_dir: str, out_dir: str, train_per_class: Optional[int],
             test_per_class: Optional[int], ridge: float, seed: int, run_id: str = "") -> dict:
     """Everything is computed before the first byte is written, so a failure leaves no outputs."""
-    ds = read_source(source, download_dir)
-    train = subset(ds.train, train_per_class, seed)
-    test = subset(ds.test, test_per_class, seed + 1)
+    ds = read_source(source, download_dir, train_per_class, test_per_class, seed)
+    train, test = ds.train, ds.test
     seeds = fit_seeds(train, len(ds.classes), ridge)
     out = Path(out_dir)
     atomic_torch_save({"train_images": train.images, "train_labels": train.labels,

@@ -1,7 +1,8 @@
 """Networks, registered by name. Inputs are images in [0,1]; every model normalises inside
 `forward` (normalisation done outside is the classic attack-library bug).
 
-`features(x)` is the penultimate representation g(x); `forward(x)` the logits f(x, ·) = g(x)·W.
+`features(x)` is the penultimate representation g(x), `head(g)` maps it to logits, and
+`forward(x) = head(features(x))` gives f(x, ·).
 """
 from __future__ import annotations
 
@@ -56,8 +57,11 @@ class AirbenchNet(nn.Module):
     def features(self, x):
         return self.body(self.normalize(x))
 
+    def head(self, feats):
+        return self.fc(feats) / 8.0  # airbench's fixed logit scale keeps early CE sane
+
     def forward(self, x):
-        return self.fc(self.features(x)) / 8.0  # airbench's fixed logit scale keeps early CE sane
+        return self.head(self.features(x))
 
 
 class CifarResNet(nn.Module):
@@ -78,8 +82,11 @@ class CifarResNet(nn.Module):
     def features(self, x):
         return self.net(self.normalize(x))
 
+    def head(self, feats):
+        return self.fc(feats)
+
     def forward(self, x):
-        return self.fc(self.features(x))
+        return self.head(self.features(x))
 
 
 ARCHITECTURES: dict[str, Callable[[ArchParams, int], nn.Module]] = {

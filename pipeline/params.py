@@ -229,13 +229,16 @@ class ScoreParams(Strict):
     out_dir: str = "scores"
     reference_per_class: Optional[int] = Field(default=None, gt=0)
     """Reference set for FID/KID: the (prepared) training images, optionally a stratified subset."""
-    judge: Literal["reference", "judge"] = "reference"
+    judge: str = "models/ref/model.pt"
+    """The classifier that scores samples (classifier feature space); never the sampled model."""
     kid_subset_size: int = Field(default=1000, gt=1)
     inception: bool = True
     """Try the Inception feature space (skipped with a clear line when weights are unavailable)."""
     inception_weights: Optional[str] = None
     control_steps: int = Field(default=2, ge=0)
     """Control row: the seeds after this many sampler steps (science.md §6 caution)."""
+    control_n: int = Field(default=1000, gt=1)
+    """How many samples the control rows use (the first ones of the run: the same seeds)."""
     batch_size: int = Field(default=250, gt=0)
     seed: int = 0
 

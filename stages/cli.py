@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from . import prepare, profile, sample, train
+from . import prepare, profile, report, sample, score, train
 
 app = typer.Typer(
     name="cem",
@@ -15,6 +15,8 @@ app = typer.Typer(
 app.command("prepare")(prepare.prepare)
 app.add_typer(train.app, name="train")
 app.command("sample")(sample.sample)
+app.command("score")(score.score)
+app.command("report")(report.report)
 app.command("profile")(profile.profile)
 
 if __name__ == "__main__":

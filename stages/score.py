@@ -1,0 +1,44 @@
+"""`cem score NAME`: IS/FID/KID (+ target accuracy, diversity, control rows) of one sampler."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.data import atomic_write_text, read_manifest
+from pipeline.errors import CemError
+from pipeline.params import SAMPLER_NAMES
+from pipeline.progress import log
+from pipeline.scoring import score_samples
+from pipeline.tracking import stage_run
+from pipeline.train import setup_runtime
+
+from .common import Overrides, ParamsPath, load, user_errors
+
+
+@user_errors
+def score(
+    name: Annotated[str, typer.Argument(help=f"Sampler whose samples to score: {', '.join(SAMPLER_NAMES)}.")],
+    params: ParamsPath = Path("params.yaml"),
+    overrides: Overrides = None,
+):
+    """Write score.out_dir/NAME.json (DVC metrics) and log the same numbers to MLflow."""
+    if name not in SAMPLER_NAMES:
+        raise CemError(f"unknown sampler '{name}'; choose one of {', '.join(SAMPLER_NAMES)}", exit_code=2)
+    p = load(params, overrides)
+    device = setup_runtime(p.sample.runtime)
+    meta_path = Path(p.sample.out_dir) / name / "meta.json"
+    sample_run = json.loads(meta_path.read_text()).get("mlflow_run_id", "") if meta_path.exists() else ""
+    with stage_run(p.experiment, f"score_{name}", p.score, tags={"sampler": name},
+                   upstream={"prepare": read_manifest(p.data.out_dir).get("mlflow_run_id", ""),
+                             "sample": sample_run}) as run:
+        result = score_samples(name, p, device, run)
+        result["mlflow_run_id"] = run.run_id
+        out = Path(p.score.out_dir) / f"{name}.json"
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+        run.log_artifact(out)
+    c = result["classifier"]
+    log(f"score {name}: classifier IS={c['is']:.2f} FID={c['fid']:.2f} KID={c['kid']:.4f}"
+        + (f" target_acc={c['target_acc']:.1f}%" if "target_acc" in c else ""))
