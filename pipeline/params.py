@@ -226,7 +226,7 @@ class SampleParams(Strict):
 
 # ----------------------------------------------------------------------------- scoring / report
 class ScoreParams(Strict):
-    out_dir: str = "scores"
+    out_dir: str = "metrics/scores"
     reference_per_class: Optional[int] = Field(default=None, gt=0)
     """Reference set for FID/KID: the (prepared) training images, optionally a stratified subset."""
     judge: str = "models/ref/model.pt"
@@ -249,6 +249,8 @@ class ReportParams(Strict):
 
 class Params(Strict):
     experiment: str = "cem"
+    metrics_dir: str = "metrics"
+    """Small JSON metrics, tracked by git (so `dvc exp show` can compare experiments)."""
     data: DataParams = Field(default_factory=DataParams)
     train_sup: SupervisedParams = Field(default_factory=SupervisedParams)
     train_ref: SupervisedParams = Field(default_factory=lambda: SupervisedParams(

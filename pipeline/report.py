@@ -88,11 +88,11 @@ def plot_scores(scores: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def model_rows(model_dirs: dict[str, str]) -> list[str]:
+def model_rows(model_metrics: dict[str, Path]) -> list[str]:
     lines = ["| model | clean acc (%) | robust acc (%) | attack | eval images | train s | img/s |",
              "|---|---|---|---|---|---|---|"]
-    for label, folder in model_dirs.items():
-        path = Path(folder) / "metrics.json"
+    for label, path in model_metrics.items():
+        path = Path(path)
         if not path.exists():
             lines.append(f"| {label} | not trained | | | | | |")
             continue
@@ -104,7 +104,7 @@ def model_rows(model_dirs: dict[str, str]) -> list[str]:
     return lines
 
 
-def write_report(score_dir: Path, sample_dir: Path, model_dirs: dict[str, str], out: Path,
+def write_report(score_dir: Path, sample_dir: Path, model_metrics: dict[str, Path], out: Path,
                  profile_note: str = "") -> Path:
     scores = load_scores(score_dir)
     out = Path(out)
@@ -160,7 +160,7 @@ def write_report(score_dir: Path, sample_dir: Path, model_dirs: dict[str, str], 
           "| claim | holds | numbers |", "|---|---|---|"]
     for text, holds, detail in claims(scores):
         L.append(f"| {text} | {'–' if holds is None else ('yes' if holds else 'no')} | {detail} |")
-    L += ["", "## Trained models", ""] + model_rows(model_dirs)
+    L += ["", "## Trained models", ""] + model_rows(model_metrics)
     if scores:
         plot_scores(scores, folder / "scores.png")
         L += ["", "## IS and FID per sampler", "", "![IS and FID per sampler](scores.png)"]

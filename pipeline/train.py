@@ -126,6 +126,8 @@ class LoopSpec:
     checkpoint_every: int
     eval_every: int
     out_dir: Path
+    metrics_dir: Path
+    section: str
     history: list = field(default_factory=list)
 
 
@@ -197,19 +199,23 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
 
 # ----------------------------------------------------------------------------- outputs
 def write_outputs(spec: LoopSpec, result: dict, model_blob: dict, run, extra_metrics: dict) -> dict:
-    """model.pt, metrics.json, history.json (DVC plots) and curve.png; then drop the checkpoint."""
+    """model.pt and curve.png (out_dir); <stage>.json and <stage>_history.json (metrics_dir, for
+    `dvc metrics show` / `dvc plots show`); then drop the checkpoint."""
     out = spec.out_dir
+    mdir = spec.metrics_dir
     final = result["final"]
     metrics = {**{k: round(v, 4) for k, v in final.items()}, **extra_metrics,
                "steps": result["total_steps"], "train_seconds": round(result["train_seconds"], 1),
                "images_per_second": round(result["images_per_second"], 1)}
+    metrics_path, history_path = mdir / f"{spec.section}.json", mdir / f"{spec.section}_history.json"
     atomic_torch_save(model_blob, out / "model.pt")
-    atomic_write_text(out / "history.json", json.dumps(spec.history, indent=1) + "\n")
+    atomic_write_text(history_path, json.dumps(spec.history, indent=1) + "\n")
     _plot_history(spec.history, out / "curve.png", spec.stage)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     run.log_metrics({f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-    for name in ("model.pt", "metrics.json", "history.json", "curve.png"):
-        run.log_artifact(out / name, artifact_path="model" if name == "model.pt" else None)
+    run.log_artifact(out / "model.pt", artifact_path="model")
+    for path in (metrics_path, history_path, out / "curve.png"):
+        run.log_artifact(path)
     result["ckpt_path"].unlink(missing_ok=True)
     return metrics
 
@@ -237,8 +243,8 @@ def _plot_history(history: list[dict], path: Path, title: str) -> None:
 
 
 # ----------------------------------------------------------------------------- supervised
-def train_supervised(p: SupervisedParams, data: Dataset, run, stage: str, resume: Optional[Path] = None,
-                     restart: bool = False, data_hash: str = "") -> dict:
+def train_supervised(p: SupervisedParams, data: Dataset, run, stage: str, section: str, metrics_dir: Path,
+                     resume: Optional[Path] = None, restart: bool = False, data_hash: str = "") -> dict:
     """PGD-AT (Madry); with attack.eps = 0 it is standard training (the reference classifier)."""
     device = setup_runtime(p.runtime)
     torch.manual_seed(p.seed)
@@ -283,7 +289,7 @@ def train_supervised(p: SupervisedParams, data: Dataset, run, stage: str, resume
         raise CemError(f"{stage}: eval_attack.eps is 0 but the model is trained adversarially")
     spec = LoopSpec(stage, model, train_step, evaluate_fn, p.optim, p.seed, len(data.train.labels),
                     section_hash(p, exclude=("runtime",)) + data_hash[:8], p.checkpoint_every,
-                    p.eval.every_steps, Path(p.out_dir))
+                    p.eval.every_steps, Path(p.out_dir), Path(metrics_dir), section)
     result = run_loop(spec, data, device, run, resume, restart)
     blob = {"kind": "classifier", "arch": p.arch.model_dump(), "num_classes": num_classes,
             "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
@@ -293,8 +299,8 @@ def train_supervised(p: SupervisedParams, data: Dataset, run, stage: str, resume
 
 
 # ----------------------------------------------------------------------------- unsupervised
-def train_unsupervised(p: UnsupervisedParams, data: Dataset, run, stage: str, resume: Optional[Path] = None,
-                       restart: bool = False, data_hash: str = "") -> dict:
+def train_unsupervised(p: UnsupervisedParams, data: Dataset, run, stage: str, section: str, metrics_dir: Path,
+                       resume: Optional[Path] = None, restart: bool = False, data_hash: str = "") -> dict:
     """Contrastive AT (non-parametric CEM): PGD perturbs the views to maximise NT-Xent; the loss is
     clean_weight·NT-Xent(clean) + adv_weight·NT-Xent(adversarial) (ACL's dual-stream reading)."""
     device = setup_runtime(p.runtime)
@@ -355,7 +361,7 @@ def train_unsupervised(p: UnsupervisedParams, data: Dataset, run, stage: str, re
 
     spec = LoopSpec(stage, model, train_step, evaluate_fn, p.optim, p.seed, len(data.train.labels),
                     section_hash(p, exclude=("runtime",)) + data_hash[:8], p.checkpoint_every,
-                    p.eval.every_steps, Path(p.out_dir))
+                    p.eval.every_steps, Path(p.out_dir), Path(metrics_dir), section)
     result = run_loop(spec, data, device, run, resume, restart)
     probe = evaluate_fn.probe
     blob = {"kind": "contrastive", "arch": p.arch.model_dump(), "proj_dim": p.contrastive.proj_dim,

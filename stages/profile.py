@@ -14,6 +14,20 @@ from pipeline.progress import log
 from .common import Overrides, user_errors
 
 
+BASE = "cpu"
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """Overlay values win; nested sections merge key by key."""
+    out = dict(base)
+    for key, value in (overlay or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 @user_errors
 def profile(
     name: Annotated[str, typer.Argument(help="Profile name: a file profiles/NAME.yaml (cpu, smoke, paper).")],
@@ -21,18 +35,26 @@ def profile(
     params: Annotated[Path, typer.Option("--params", help="File to write.")] = Path("params.yaml"),
     profiles_dir: Annotated[Path, typer.Option(help="Folder of profiles.")] = Path("profiles"),
 ):
-    """Copy profiles/NAME.yaml (plus --set overrides) over params.yaml, after validating it."""
+    """Write params.yaml from a profile: cpu (the default, complete) or an overlay merged onto it
+    (smoke, paper), plus --set overrides; validated before anything is written."""
     src = profiles_dir / f"{name}.yaml"
     if not src.exists():
         known = ", ".join(sorted(f.stem for f in profiles_dir.glob("*.yaml"))) or "none"
         raise CemError(f"no profile '{name}' in {profiles_dir}/ (known: {known})", exit_code=2)
-    raw = apply_overrides(read_raw(src), overrides or [])
+    if name == BASE:
+        raw = read_raw(src)
+    else:
+        raw = deep_merge(read_raw(profiles_dir / f"{BASE}.yaml"), read_raw(src))
+    raw = apply_overrides(raw, overrides or [])
     parse_params(raw, str(src))
-    header = f"# Profile '{name}' (from {src}); restore the default with `cem profile cpu`.\n"
-    text = src.read_text() if not overrides else yaml.safe_dump(raw, sort_keys=False)
-    if not overrides and text.startswith("#"):
-        header = ""
+    if name == BASE and not overrides:
+        text = src.read_text()
+    else:
+        text = (f"# Profile '{name}': profiles/{BASE}.yaml merged with {src}"
+                + (f" and --set {' '.join(overrides)}" if overrides else "")
+                + f".\n# Written by `cem profile`; restore the default with `cem profile {BASE}`.\n"
+                + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None, width=110))
     tmp = params.with_name(f".{params.name}.tmp")
-    tmp.write_text(header + text)
+    tmp.write_text(text)
     tmp.replace(params)
     log(f"params.yaml is now profile '{name}'" + (f" with {len(overrides)} override(s)" if overrides else ""))

@@ -16,9 +16,9 @@ def report(params: ParamsPath = Path("params.yaml"), overrides: Overrides = None
     p = load(params, overrides)
     with stage_run(p.experiment, "report", p.report) as run:
         out = write_report(Path(p.score.out_dir), Path(p.sample.out_dir),
-                           {"supervised AT (sampled)": p.train_sup.out_dir,
-                            "unsupervised AT encoder + linear probe (sampled)": p.train_unsup.out_dir,
-                            "reference classifier (judge)": p.train_ref.out_dir},
+                           {"supervised AT (sampled)": Path(p.metrics_dir) / "train_sup.json",
+                            "unsupervised AT encoder + linear probe (sampled)": Path(p.metrics_dir) / "train_unsup.json",
+                            "reference classifier (judge)": Path(p.metrics_dir) / "train_ref.json"},
                            Path(p.report.out))
         run.log_artifact(out)
         for extra in ("scores.png",):

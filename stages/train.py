@@ -32,7 +32,7 @@ def _run(section: str, params: Path, overrides, epochs, resume, restart):
     with stage_run(p.experiment, stage, sec, upstream={"prepare": manifest.get("mlflow_run_id", "")},
                    tags={"data.sha256": data_hash}) as run:
         fn = trainer.train_unsupervised if section == "train_unsup" else trainer.train_supervised
-        metrics = fn(sec, ds, run, stage, resume=resume, restart=restart,
+        metrics = fn(sec, ds, run, stage, section, Path(p.metrics_dir), resume=resume, restart=restart,
                      data_hash=data_hash)
     log(f"{stage}: " + json.dumps(metrics))
 
