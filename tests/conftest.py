@@ -1,0 +1,145 @@
+"""Shared fixtures: small synthetic CIFAR-like data (class = a distinct mean colour plus texture),
+an isolated MLflow store, and a runner for the `cem` CLI. No test touches the network."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+CLASSES = ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"]
+TINY_ARCH = {"name": "airbench", "widths": [8, 16, 32]}
+
+
+def class_colour(c: int) -> np.ndarray:
+    rng = np.random.default_rng(1000 + c)
+    return rng.uniform(0.15, 0.85, size=3)
+
+
+def make_image(c: int, rng: np.random.Generator) -> np.ndarray:
+    """A 32x32 RGB image of class c: its colour, a class-specific stripe pattern, pixel noise."""
+    base = class_colour(c)[None, None, :] * np.ones((32, 32, 3))
+    stripes = 0.12 * np.sin(np.arange(32) * (c + 1) * np.pi / 16)[None, :, None]
+    img = base + stripes + rng.normal(0, 0.06, size=(32, 32, 3))
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+def write_image_folder(root: Path, train_per_class: int = 20, test_per_class: int = 10, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train_per_class), ("test", test_per_class)):
+        for c, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(make_image(c, rng)).save(folder / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("imgs") / "synthetic")
+
+
+@pytest.fixture(scope="session")
+def image_tar(tmp_path_factory, image_folder) -> Path:
+    path = tmp_path_factory.mktemp("tar") / "synthetic.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(image_folder, arcname="synthetic")
+    return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def mlflow_store(tmp_path_factory):
+    """Every test logs to a throw-away sqlite store, never to the repo's mlflow.db."""
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{path}"
+    os.environ["CEM_FIDELITY_CACHE"] = str(tmp_path_factory.mktemp("fidelity"))
+    yield path
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+def tiny_params(tmp: Path, source: Path | str, **sections) -> dict:
+    """A complete, tiny params mapping whose outputs all live under `tmp`."""
+    train_common = {
+        "arch": TINY_ARCH, "augment": True, "checkpoint_every": 2,
+        "optim": {"epochs": 2.0, "batch_size": 50, "lr": 0.05, "schedule": "triangle"},
+        "eval": {"test_per_class": 5, "attack_steps": 3, "every_steps": 2, "epoch_per_class": 2,
+                 "epoch_attack_steps": 2, "batch_size": 100},
+        "runtime": {"threads": 1},
+    }
+    raw = {
+        "experiment": "tests",
+        "metrics_dir": str(tmp / "metrics"),
+        "data": {"source": str(source), "out_dir": str(tmp / "data")},
+        "train_sup": {**train_common, "out_dir": str(tmp / "sup"),
+                      "attack": {"norm": "l2", "eps": 0.5, "steps": 2}},
+        "train_ref": {**train_common, "out_dir": str(tmp / "ref"), "attack": {"eps": 0.0, "steps": 0}},
+        "train_unsup": {**train_common, "out_dir": str(tmp / "unsup"),
+                        "probe": {"epochs": 2, "train_per_class": 10}},
+        "sample": {"out_dir": str(tmp / "samples"),
+                   "defaults": {"n": 20, "batch_size": 10, "shard_size": 10, "steps": 3, "step_size": 0.5,
+                                "eps": 30.0, "noise_std": 0.0, "lam": 1.0, "beta": 1.0, "bank_size": 100,
+                                "tau": 0.5, "condition": "labels", "return_best": False, "seed": 0}},
+        "score": {"out_dir": str(tmp / "scores"), "judge": str(tmp / "ref" / "model.pt"),
+                  "kid_subset_size": 10, "control_n": 10, "inception": False},
+        "report": {"out": str(tmp / "reports" / "results.md")},
+    }
+    for key, value in sections.items():
+        raw[key] = _merge(raw.get(key, {}), value) if isinstance(value, dict) else value
+    return raw
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def write_params(tmp: Path, raw: dict) -> Path:
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def cem(*args: str, cwd: Path | None = None, check: bool = True, env: dict | None = None,
+        timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the real `cem` command in a subprocess (as users and DVC do)."""
+    full_env = {**os.environ, "CI": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "stages.cli", *args], cwd=cwd or ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cem {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, image_folder) -> tuple[Path, dict]:
+    """Synthetic data prepared once: (tmp folder, raw params)."""
+    tmp = tmp_path_factory.mktemp("prepared")
+    raw = tiny_params(tmp, image_folder)
+    params = write_params(tmp, raw)
+    cem("prepare", "--params", str(params))
+    return tmp, raw
+
+
+@pytest.fixture(scope="session")
+def trained(prepared) -> tuple[Path, dict]:
+    """The three tiny models trained once (supervised AT, reference, contrastive AT)."""
+    tmp, raw = prepared
+    params = tmp / "params.yaml"
+    for kind in ("supervised", "reference", "unsupervised"):
+        cem("train", kind, "--params", str(params))
+    return tmp, raw

@@ -1,0 +1,69 @@
+"""The projected-gradient engine: threat models, and a cross-check against torchattacks."""
+import pytest
+import torch
+
+from pipeline.attacks import L2, Linf, ascend, frozen, pgd
+from pipeline.checkpoints import build_trained_model, load_model_file
+from pipeline.data import load_dataset
+
+
+def _accuracy(model, x, y):
+    with torch.no_grad():
+        return 100.0 * (model(x).argmax(1) == y).float().mean().item()
+
+
+@pytest.fixture(scope="module")
+def victim(trained):
+    tmp, _ = trained
+    model = build_trained_model(load_model_file(tmp / "ref" / "model.pt"))
+    ds = load_dataset(tmp / "data")
+    return model, ds.test.images.float() / 255, ds.test.labels
+
+
+@pytest.mark.parametrize("norm, eps, alpha", [("linf", 8 / 255, 2 / 255), ("l2", 0.5, 0.1)])
+def test_engine_is_at_least_as_strong_as_torchattacks(victim, norm, eps, alpha):
+    import torchattacks
+    model, x, y = victim
+    steps = 10
+    gen = torch.Generator().manual_seed(0)
+    ours = pgd(model, x, y, norm, eps, steps, alpha, random_start=True, generator=gen)
+    torch.manual_seed(0)
+    cls = torchattacks.PGD if norm == "linf" else torchattacks.PGDL2
+    theirs = cls(model, eps=eps, alpha=alpha, steps=steps, random_start=True)(x, y)
+    clean, acc_ours, acc_theirs = _accuracy(model, x, y), _accuracy(model, ours, y), _accuracy(model, theirs, y)
+    assert acc_ours <= acc_theirs + 1.0, (clean, acc_ours, acc_theirs)
+    assert acc_ours < clean  # the attack does something on this model
+    delta = (ours - x).flatten(1)
+    norms = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
+    assert (norms <= eps + 1e-6).all()
+    assert ours.min() >= 0 and ours.max() <= 1
+
+
+def test_threat_model_projections_and_steps():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, 4, 4)
+    for tm in (L2(0.3), Linf(0.05)):
+        d = tm.project(torch.randn(8, 3, 4, 4) * 5)
+        n = d.flatten(1).norm(dim=1) if isinstance(tm, L2) else d.flatten(1).abs().max(1).values
+        assert (n <= tm.eps + 1e-6).all()
+        r = tm.random_perturb(x, gen)
+        assert torch.equal(tm.project(r), r) or torch.allclose(tm.project(r), r)
+    step = L2(1.0).step(torch.randn(8, 3, 4, 4), 0.5)
+    assert torch.allclose(step.flatten(1).norm(dim=1), torch.full((8,), 0.5), atol=1e-5)
+
+
+def test_ascend_increases_a_concave_objective_and_respects_the_ball():
+    target = torch.full((4, 3, 4, 4), 0.9)
+    x0 = torch.full((4, 3, 4, 4), 0.1)
+    objective = lambda x: -((x - target) ** 2).flatten(1).sum(1)  # noqa: E731
+    x = ascend(x0, objective, L2(0.5), steps=20, step_size=0.1)
+    assert (objective(x) > objective(x0)).all()
+    assert torch.allclose((x - x0).flatten(1).norm(dim=1), torch.full((4,), 0.5), atol=1e-4)
+
+
+def test_frozen_restores_requires_grad():
+    m = torch.nn.Linear(3, 3)
+    m.bias.requires_grad_(False)
+    with frozen(m):
+        assert not any(p.requires_grad for p in m.parameters())
+    assert m.weight.requires_grad and not m.bias.requires_grad

@@ -1,0 +1,113 @@
+"""`cem prepare`: sources, subsets, seed statistics, manifest, determinism, clear errors."""
+import json
+import math
+
+import pytest
+import torch
+
+from pipeline import data
+from pipeline.errors import CemError
+from tests.conftest import SHARED_ARCHIVE, cem, class_colour, tiny_params, write_params
+
+
+def _prepare(tmp_path, source, **data_section):
+    raw = tiny_params(tmp_path, source, data=data_section)
+    return cem("prepare", "--params", str(write_params(tmp_path, raw))), tmp_path / "data"
+
+
+def test_folder_and_tar_give_identical_bytes(tmp_path, image_folder, image_tar):
+    _, a = _prepare(tmp_path / "a", image_folder)
+    _, b = _prepare(tmp_path / "b", image_tar)
+    for name in ("dataset.pt", "seeds.pt"):
+        assert data.sha256_file(a / name) == data.sha256_file(b / name)
+    ds = data.load_dataset(a)
+    assert ds.train.images.shape == (200, 3, 32, 32) and ds.train.images.dtype == torch.uint8
+    assert ds.test.images.shape == (100, 3, 32, 32)
+    assert torch.bincount(ds.train.labels).tolist() == [20] * 10
+
+
+def test_rerun_is_byte_identical_and_manifest_complete(tmp_path, image_folder):
+    _, out = _prepare(tmp_path, image_folder, train_per_class=10)
+    first = {n: data.sha256_file(out / n) for n in ("dataset.pt", "seeds.pt")}
+    _, out = _prepare(tmp_path, image_folder, train_per_class=10)
+    assert first == {n: data.sha256_file(out / n) for n in ("dataset.pt", "seeds.pt")}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["sha256"] == first
+    assert manifest["train_per_class"] == {f"c{i}": 10 for i in range(10)}
+    assert manifest["n_test"] == 100 and manifest["mlflow_run_id"]
+
+
+def test_stratified_subset_is_balanced_and_deterministic():
+    labels = torch.arange(1000) % 10
+    a = data.stratified_indices(labels, 7, seed=3)
+    assert torch.equal(a, data.stratified_indices(labels, 7, seed=3))
+    assert torch.bincount(labels[a]).tolist() == [7] * 10
+    assert not torch.equal(a, data.stratified_indices(labels, 7, seed=4))
+
+
+def test_seed_gaussians_reproduce_class_statistics():
+    """Low-rank branch (n < 3072) and Cholesky branch agree with the empirical covariance."""
+    gen = torch.Generator().manual_seed(0)
+    for n in (50, 3200):
+        imgs = (torch.rand(n, 3, 32, 32, generator=gen) * 255).round().to(torch.uint8)
+        mean, factor, iso = data.gaussian_factor(imgs, ridge=1e-4)
+        x = imgs.reshape(n, -1).double() / 255
+        cov = torch.cov(x.T)
+        rebuilt = factor @ factor.T + (iso ** 2) * torch.eye(3072, dtype=torch.float64)
+        if iso == 0:
+            rebuilt.diagonal().sub_(1e-4)
+        assert torch.allclose(mean, x.mean(0), atol=1e-10)
+        assert torch.allclose(rebuilt, cov, atol=1e-8)
+        assert (iso > 0) == (n - 1 < 3072)
+
+
+def test_class_seeds_have_the_class_mean_colour(prepared):
+    tmp, _ = prepared
+    seeds = data.load_seeds(tmp / "data")
+    gen = torch.Generator().manual_seed(0)
+    for c in (0, 3, 7):
+        x = data.draw_seeds(seeds, 200, gen, torch.full((200,), c))
+        colour = x.mean(dim=(0, 2, 3)).numpy()
+        assert abs(colour - class_colour(c)).max() < 0.03, (c, colour, class_colour(c))
+
+
+def test_missing_source_names_the_fix(tmp_path):
+    proc = cem("prepare", "--params", str(write_params(tmp_path, tiny_params(tmp_path, tmp_path / "nope.tar.gz"))),
+               check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "data source not found" in proc.stderr and "--source" in proc.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_corrupt_archive_is_one_line(tmp_path, image_tar):
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(image_tar.read_bytes()[:5000])
+    proc = cem("prepare", "--params", str(write_params(tmp_path, tiny_params(tmp_path, bad))), check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "cannot read archive" in proc.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_offline_torchvision_source_points_at_a_local_copy(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("no route to host")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(CemError, match="could not download CIFAR-10.*local copy"):
+        data.read_source("torchvision", tmp_path)
+
+
+@pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason="needs ../shared/data/cifar10-jpeg.tar.gz (CI and dev machines)")
+def test_shared_archive_full_prepare(tmp_path):
+    """The offline copy: 50,000 / 10,000 images, 5,000 / 1,000 per class, Cholesky seed factors."""
+    _, out = _prepare(tmp_path, SHARED_ARCHIVE)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["n_train"] == 50000 and manifest["n_test"] == 10000
+    assert set(manifest["train_per_class"].values()) == {5000}
+    assert set(manifest["test_per_class"].values()) == {1000}
+    assert manifest["classes"][0] == "airplane" and manifest["classes"][-1] == "truck"
+    seeds = data.load_seeds(out)
+    f = seeds["classes"][0]["factor"]
+    assert f.shape == (3072, 3072) and f.dtype == torch.float32 and seeds["classes"][0]["iso_std"] == 0.0
+    assert math.isclose(seeds["ridge"], 1e-4)

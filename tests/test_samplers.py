@@ -1,0 +1,134 @@
+"""Samplers on tiny trained models: shapes, determinism, objective ascent, conditioning,
+MaxEnt's diversity, seeds, and byte-identical resume per shard."""
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.params import parse_params
+from pipeline.samplers import SAMPLERS, embed_all, generate_batch, to_uint8
+from pipeline.sampling import load_shards, prepare_context, run_sampling
+from tests.conftest import cem, write_params
+
+NAMES = ["ta", "langevin", "cs", "rcs", "pgd_uncond", "pgd_cond", "maxent_uncond", "maxent_cond"]
+
+
+def _ctx(trained, name, **over):
+    tmp, raw = trained
+    raw = json.loads(json.dumps(raw))
+    raw["sample"]["defaults"].update(over)
+    p = parse_params(raw)
+    rp = p.sample.resolved(name)
+    folder = "sup" if SAMPLERS[name].model_kind == "classifier" else "unsup"
+    return p, rp, prepare_context(name, rp, tmp / folder / "model.pt", str(tmp / "data"), torch.device("cpu"))
+
+
+def test_registry_has_the_papers_eight_samplers():
+    assert sorted(SAMPLERS) == sorted(NAMES)
+    assert {n for n, s in SAMPLERS.items() if s.model_kind == "classifier"} == {"ta", "langevin", "cs", "rcs"}
+    assert {n for n, s in SAMPLERS.items() if not s.conditional} == {"pgd_uncond", "maxent_uncond"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stage_outputs_shapes_dtype_and_determinism(trained, tmp_path, name):
+    tmp, raw = trained
+    raw = json.loads(json.dumps(raw))
+    outs = []
+    for run in ("a", "b"):
+        raw["sample"]["out_dir"] = str(tmp_path / run)
+        cem("sample", name, "--params", str(write_params(tmp_path, raw)))
+        outs.append(tmp_path / run / name)
+    shards = sorted(outs[0].glob("shard-*.pt"))
+    assert len(shards) == 2
+    images = torch.cat([i for i, _ in load_shards(outs[0])])
+    labels = torch.cat([l for _, l in load_shards(outs[0])])
+    assert images.shape == (20, 3, 32, 32) and images.dtype == torch.uint8
+    if SAMPLERS[name].conditional:
+        assert torch.equal(labels, torch.arange(20) % 10)
+    else:
+        assert (labels == -1).all()
+    for a, b in zip(shards, sorted(outs[1].glob("shard-*.pt"))):
+        assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+    assert (outs[0] / "grid.png").stat().st_size > 500
+    meta = json.loads((outs[0] / "meta.json").read_text())
+    assert meta["n"] == 20 and meta["samples_per_second"] > 0 and meta["mlflow_run_id"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_objective_increases_on_average(trained, name):
+    _, rp, (sampler, ctx, seeds, _) = _ctx(trained, name, steps=10, step_size=0.2)
+    values = []
+    generate_batch(sampler, ctx, seeds, 0, 20, 0, on_step=lambda t, v: values.append(v.mean().item()))
+    assert values[-1] > values[0], values
+
+
+@pytest.mark.parametrize("name", ["ta", "cs", "rcs", "langevin"])
+def test_conditional_samplers_raise_target_probability(trained, name):
+    _, rp, (sampler, ctx, seeds, _) = _ctx(trained, name, steps=15)
+    x0, x, y = generate_batch(sampler, ctx, seeds, 0, 30, 0)
+    with torch.no_grad():
+        p0 = F.softmax(ctx.model(x0), 1).gather(1, y.view(-1, 1)).mean()
+        p1 = F.softmax(ctx.model(x), 1).gather(1, y.view(-1, 1)).mean()
+    assert p1 > p0 + 0.05, (p0, p1)
+
+
+def test_maxent_spreads_samples_more_than_pgd_from_the_same_seeds(trained):
+    def spread(name):
+        _, rp, (sampler, ctx, seeds, _) = _ctx(trained, name, steps=20, beta=1.0)
+        x0, x, _ = generate_batch(sampler, ctx, seeds, 0, 20, 0)
+        z = embed_all(ctx.model, to_uint8(x))
+        return torch.pdist(z).mean().item(), x0
+    d_pgd, seeds_pgd = spread("pgd_uncond")
+    d_max, seeds_max = spread("maxent_uncond")
+    assert torch.equal(seeds_pgd, seeds_max)  # same seeds: the difference is the repulsion alone
+    assert d_max > d_pgd, (d_max, d_pgd)
+
+
+def test_seeds_carry_the_class_mean_colour_before_any_step(trained):
+    from tests.conftest import class_colour
+    _, rp, (sampler, ctx, seeds, _) = _ctx(trained, "cs", steps=0)
+    x0, x, y = generate_batch(sampler, ctx, seeds, 0, 200, 0)
+    assert torch.equal(x0, x)  # zero steps return the seeds
+    for c in (0, 5, 9):
+        colour = x0[y == c].mean(dim=(0, 2, 3)).numpy()
+        assert abs(colour - class_colour(c)).max() < 0.05
+
+
+def test_interrupted_sampling_resumes_byte_identical(trained, tmp_path):
+    tmp, raw = trained
+    p, rp, _ = _ctx(trained, "maxent_cond")
+    model = tmp / "unsup" / "model.pt"
+    full = run_sampling("maxent_cond", rp, model, str(tmp / "data"), tmp_path / "full", torch.device("cpu"))
+    assert full["generated_now"] == 20
+    run_sampling("maxent_cond", rp, model, str(tmp / "data"), tmp_path / "cut", torch.device("cpu"))
+    (tmp_path / "cut" / "shard-00001.pt").unlink()  # as if killed before the second shard was written
+    again = run_sampling("maxent_cond", rp, model, str(tmp / "data"), tmp_path / "cut", torch.device("cpu"))
+    assert again["generated_now"] == 10
+    for name in ("shard-00000.pt", "shard-00001.pt"):
+        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "cut" / name).read_bytes()
+
+
+def test_shards_from_other_params_are_discarded(trained, tmp_path):
+    tmp, raw = trained
+    _, rp, _ = _ctx(trained, "cs")
+    model = tmp / "sup" / "model.pt"
+    run_sampling("cs", rp, model, str(tmp / "data"), tmp_path, torch.device("cpu"))
+    _, rp2, _ = _ctx(trained, "cs", steps=1)
+    again = run_sampling("cs", rp2, model, str(tmp / "data"), tmp_path, torch.device("cpu"))
+    assert again["generated_now"] == 20
+
+
+def test_wrong_model_kind_is_one_line(trained, tmp_path):
+    tmp, raw = trained
+    raw = json.loads(json.dumps(raw))
+    raw["train_sup"]["out_dir"] = raw["train_unsup"]["out_dir"]
+    out = cem("sample", "ta", "--params", str(write_params(tmp_path, raw)), check=False)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "needs a classifier model" in out.stderr
+
+
+def test_unknown_sampler_is_exit_2(tmp_path):
+    out = cem("sample", "dream", check=False)
+    assert out.returncode == 2 and "unknown sampler 'dream'" in out.stderr
