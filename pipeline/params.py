@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ParamsError
 
@@ -207,11 +207,18 @@ class SampleParams(Strict):
     maxent_cond: SamplerParams = Field(default_factory=SamplerParams)
     runtime: RuntimeParams = Field(default_factory=RuntimeParams)
 
+    @field_validator("defaults", mode="before")
+    @classmethod
+    def _fill_documented_defaults(cls, value):
+        """A partial `defaults` section keeps the documented value of every key it leaves out."""
+        if isinstance(value, dict):
+            base = _default_sampler_section().model_dump()
+            base.update({k: v for k, v in value.items() if v is not None or k not in base})
+            return base
+        return value
+
     @model_validator(mode="after")
-    def _defaults_complete(self):
-        missing = [k for k, v in self.defaults.model_dump().items() if v is None]
-        if missing:
-            raise ValueError(f"sample.defaults must set every key; missing {', '.join(missing)}")
+    def _every_sampler_resolves(self):
         for name in SAMPLER_NAMES:
             self.resolved(name)
         return self

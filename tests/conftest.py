@@ -73,7 +73,7 @@ def mlflow_store(tmp_path_factory):
 def tiny_params(tmp: Path, source: Path | str, **sections) -> dict:
     """A complete, tiny params mapping whose outputs all live under `tmp`."""
     train_common = {
-        "arch": TINY_ARCH, "augment": True, "checkpoint_every": 2,
+        "arch": TINY_ARCH, "checkpoint_every": 2,
         "optim": {"epochs": 2.0, "batch_size": 50, "lr": 0.05, "schedule": "triangle"},
         "eval": {"test_per_class": 5, "attack_steps": 3, "every_steps": 2, "epoch_per_class": 2,
                  "epoch_attack_steps": 2, "batch_size": 100},
@@ -83,9 +83,10 @@ def tiny_params(tmp: Path, source: Path | str, **sections) -> dict:
         "experiment": "tests",
         "metrics_dir": str(tmp / "metrics"),
         "data": {"source": str(source), "out_dir": str(tmp / "data")},
-        "train_sup": {**train_common, "out_dir": str(tmp / "sup"),
+        "train_sup": {**train_common, "out_dir": str(tmp / "sup"), "augment": True,
                       "attack": {"norm": "l2", "eps": 0.5, "steps": 2}},
-        "train_ref": {**train_common, "out_dir": str(tmp / "ref"), "attack": {"eps": 0.0, "steps": 0}},
+        "train_ref": {**train_common, "out_dir": str(tmp / "ref"), "augment": True,
+                      "attack": {"eps": 0.0, "steps": 0}},
         "train_unsup": {**train_common, "out_dir": str(tmp / "unsup"),
                         "probe": {"epochs": 2, "train_per_class": 10}},
         "sample": {"out_dir": str(tmp / "samples"),
