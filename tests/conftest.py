@@ -84,6 +84,7 @@ def tiny_params(tmp: Path, source: Path | str, **sections) -> dict:
         "metrics_dir": str(tmp / "metrics"),
         "data": {"source": str(source), "out_dir": str(tmp / "data")},
         "train_sup": {**train_common, "out_dir": str(tmp / "sup"), "augment": True,
+                      "optim": {"epochs": 10.0, "batch_size": 50, "lr": 0.1, "schedule": "triangle"},
                       "attack": {"norm": "l2", "eps": 0.5, "steps": 2}},
         "train_ref": {**train_common, "out_dir": str(tmp / "ref"), "augment": True,
                       "attack": {"eps": 0.0, "steps": 0}},
