@@ -100,6 +100,8 @@ class RuntimeParams(Strict):
     """bf16 autocast on CUDA only (bf16 is ~500x slower on the project CPUs)."""
     deterministic: bool = True
     """cudnn.benchmark off and deterministic algorithms on; on CPU results are bit-identical."""
+    sync_bn: bool = False
+    """Under torchrun: SyncBatchNorm across ranks (BatchNorm statistics of the global batch)."""
 
 
 class SupervisedParams(Strict):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .checkpoints import build_trained_model, load_model_file
 from .data import atomic_torch_save, atomic_write_text, load_dataset, load_seeds, sha256_file
 from .errors import CemError
@@ -71,16 +72,8 @@ def config_hash(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir
     return h.hexdigest()[:16]
 
 
-def run_sampling(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir: str, out_dir: Path,
-                 device, run=None) -> dict:
-    if rp.shard_size % rp.batch_size != 0:
-        raise CemError(f"sample.{name}: shard_size ({rp.shard_size}) must be a multiple of batch_size "
-                       f"({rp.batch_size}) so that batches (which MaxEnt couples) never straddle shards", 2)
-    sampler, ctx, seeds, blob = prepare_context(name, rp, model_path, data_dir, device)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    chash = config_hash(name, rp, model_path, data_dir)
-    cfg_path = out / "config.json"
+def _reset_if_stale(out: Path, cfg_path: Path, chash: str, name: str, rp: ResolvedSamplerParams) -> None:
+    """Discard shards made under another config; record the current one."""
     if cfg_path.exists() and json.loads(cfg_path.read_text()).get("hash") != chash:
         stale = shard_paths(out)
         log(f"sample {name}: discarding {len(stale)} shard(s) made with other params/model")
@@ -90,11 +83,27 @@ def run_sampling(name: str, rp: ResolvedSamplerParams, model_path: Path, data_di
         path.unlink()
     atomic_write_text(cfg_path, json.dumps({"hash": chash, "sampler": name, **rp.model_dump()}, indent=2) + "\n")
 
+
+def run_sampling(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir: str, out_dir: Path,
+                 device, run=None) -> dict:
+    if rp.shard_size % rp.batch_size != 0:
+        raise CemError(f"sample.{name}: shard_size ({rp.shard_size}) must be a multiple of batch_size "
+                       f"({rp.batch_size}) so that batches (which MaxEnt couples) never straddle shards", 2)
+    sampler, ctx, seeds, blob = prepare_context(name, rp, model_path, data_dir, device)
+    w = distributed.world()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    chash = config_hash(name, rp, model_path, data_dir)
+    cfg_path = out / "config.json"
+    if w.main:
+        _reset_if_stale(out, cfg_path, chash, name, rp)
+    distributed.barrier()
     n_shards = math.ceil(rp.n / rp.shard_size)
     per_shard_batches = rp.shard_size // rp.batch_size
     j_first, j_last, generated, t0 = [], [], 0, time.perf_counter()
-    with progress_bar(f"sample {name}", rp.n) as advance:
-        for s in range(n_shards):
+    mine = range(w.rank, n_shards, w.size)  # shard s belongs to rank s mod world size
+    with progress_bar(f"sample {name}", sum(min(rp.shard_size, rp.n - s * rp.shard_size) for s in mine)) as advance:
+        for s in mine:
             path = out / f"shard-{s:05d}.pt"
             start_s = s * rp.shard_size
             count_s = min(rp.shard_size, rp.n - start_s)
@@ -123,6 +132,9 @@ def run_sampling(name: str, rp: ResolvedSamplerParams, model_path: Path, data_di
                 advance(count)
             atomic_torch_save({"images": torch.cat(images), "labels": torch.cat(labels)}, path)
     elapsed = time.perf_counter() - t0
+    distributed.barrier()
+    if not w.main:
+        return {}
     grid = write_grid(out, sampler.conditional, ctx.num_classes)
     stats = {
         "sampler": name, "formula": sampler.formula, "n": rp.n, "shards": n_shards,

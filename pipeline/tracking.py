@@ -63,7 +63,12 @@ class StageRun:
 @contextmanager
 def stage_run(experiment: str, stage: str, params: Any, upstream: Optional[dict[str, str]] = None,
               tags: Optional[dict[str, str]] = None) -> Iterator[StageRun]:
-    """Open one MLflow run for a stage; a failing stage ends its run as FAILED."""
+    """Open one MLflow run for a stage; a failing stage ends its run as FAILED. Under torchrun
+    only rank 0 opens a run; the other ranks get a run that logs nothing."""
+    from .distributed import NullRun, world
+    if not world().main:
+        yield NullRun()
+        return
     _quiet_mlflow()
     import mlflow
     try:

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import augment
-from .attacks import frozen, pgd
+from . import augment, distributed
+from .attacks import ascend, frozen, pgd, threat_model
 from .checkpoints import load_checkpoint, restore_rng, save_checkpoint
 from .data import Dataset, atomic_torch_save, atomic_write_text, stratified_indices
 from .energies import nt_xent
@@ -40,12 +40,23 @@ def setup_runtime(runtime: RuntimeParams) -> torch.device:
     if runtime.device == "cuda" and not torch.cuda.is_available():
         raise CemError("runtime.device is 'cuda' but no CUDA device is available")
     use_cuda = runtime.device == "cuda" or (runtime.device == "auto" and torch.cuda.is_available())
+    w = distributed.init("cuda" if use_cuda else "cpu")
     if use_cuda:
         torch.backends.cudnn.benchmark = not runtime.deterministic
         torch.backends.cudnn.deterministic = runtime.deterministic
         torch.backends.cuda.matmul.allow_tf32 = not runtime.deterministic
         torch.backends.cudnn.allow_tf32 = not runtime.deterministic
-    return torch.device("cuda" if use_cuda else "cpu")
+    return torch.device(f"cuda:{w.local_rank}" if use_cuda else "cpu")
+
+
+def wrap_ddp(model: nn.Module, runtime: RuntimeParams, device: torch.device) -> nn.Module:
+    """The module the training loss goes through: DDP under torchrun, else the model itself."""
+    if not distributed.world().distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+    if runtime.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -155,6 +166,7 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
         run.set_tags({"resumed_from_step": start, "resumed_from_run": ckpt["mlflow_run_id"]})
         log(f"{spec.stage}: resuming from {src} at step {start}/{total}")
     spec.model.train()
+    w = distributed.world()
     images, labels = data.train.images, data.train.labels
     perm_epoch, perm = -1, None
     t0, seen = time.perf_counter(), 0
@@ -164,8 +176,8 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
             if epoch != perm_epoch:
                 perm = torch.randperm(len(labels), generator=step_generator(spec.seed, -1 - epoch))
                 perm_epoch = epoch
-            idx = perm[pos * bs:(pos + 1) * bs]
-            gen = step_generator(spec.seed, step)
+            idx = perm[pos * bs:(pos + 1) * bs][w.rank::w.size]  # this rank's slice of the global batch
+            gen = step_generator(spec.seed + 7919 * w.rank, step)
             loss, metrics = spec.train_step(images[idx], labels[idx], gen)
             if not torch.isfinite(loss):
                 raise DivergenceError(f"{spec.stage}: loss became {loss.item()} at epoch {epoch} step {step}; "
@@ -174,22 +186,24 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
             loss.backward()
             opt.step()
             sched.step()
-            seen += len(idx)
+            seen += len(idx) * w.size
             if step % 10 == 0 or step == total - 1:
                 run.log_metrics({"train_loss": loss.item(), "lr": sched.get_last_lr()[0], **metrics}, step=step)
             advance(loss=loss.item())
             done = step + 1
-            if done % spec.eval_every == 0 and done != total:
+            if done % spec.eval_every == 0 and done != total and w.main:
                 ev = spec.evaluate(False)
                 row = {"step": done, "epoch": round(done / steps_per_epoch, 3), "train_loss": loss.item(), **ev}
                 spec.history.append(row)
                 run.log_metrics({f"eval_{k}": v for k, v in ev.items()}, step=done)
                 log(f"{spec.stage}: step {done}/{total} " + " ".join(f"{k}={v:.2f}" for k, v in ev.items()))
-            if done % spec.checkpoint_every == 0 and done != total:
+            if done % spec.checkpoint_every == 0 and done != total and w.main:
                 save_checkpoint(ckpt_path, model=spec.model, optimizer=opt, scheduler=sched, step=done,
                                 epoch=epoch, params_hash=spec.params_hash, run_id=run.run_id,
                                 history=spec.history)
     elapsed = time.perf_counter() - t0
+    if not w.main:
+        return {}
     final = spec.evaluate(True)
     spec.history.append({"step": total, "epoch": round(total / steps_per_epoch, 3), "train_loss": loss.item(),
                          **{k: v for k, v in final.items() if k in ("clean_acc", "robust_acc")}})
@@ -253,6 +267,7 @@ def train_supervised(p: SupervisedParams, data: Dataset, run, stage: str, sectio
     cl = p.runtime.channels_last
     if cl:
         model = model.to(memory_format=torch.channels_last)
+    trainee = wrap_ddp(model, p.runtime, device)
     adversarial = p.attack.eps > 0 and p.attack.steps > 0 or (p.attack.kind == "fgsm_rs" and p.attack.eps > 0)
     step_size = p.attack.resolved_step_size()
     amp = p.runtime.amp and device.type == "cuda"
@@ -269,7 +284,7 @@ def train_supervised(p: SupervisedParams, data: Dataset, run, stage: str, sectio
                     random_start=p.attack.random_start or p.attack.kind == "fgsm_rs", generator=gen)
             model.train()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
+            logits = trainee(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=p.optim.label_smoothing)
         return loss, {"train_acc": (logits.argmax(1) == y).float().mean().item() * 100}
 
@@ -291,6 +306,8 @@ def train_supervised(p: SupervisedParams, data: Dataset, run, stage: str, sectio
                     section_hash(p, exclude=("runtime",)) + data_hash[:8], p.checkpoint_every,
                     p.eval.every_steps, Path(p.out_dir), Path(metrics_dir), section)
     result = run_loop(spec, data, device, run, resume, restart)
+    if not result:
+        return {}
     blob = {"kind": "classifier", "arch": p.arch.model_dump(), "num_classes": num_classes,
             "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
             "mlflow_run_id": run.run_id, "params_hash": spec.params_hash, "classes": data.classes}
@@ -309,36 +326,36 @@ def train_unsupervised(p: UnsupervisedParams, data: Dataset, run, stage: str, se
     cl = p.runtime.channels_last
     if cl:
         model = model.to(memory_format=torch.channels_last)
+    trainee = wrap_ddp(model, p.runtime, device)
     tau = p.contrastive.tau
     a = p.attack
     step_size = a.resolved_step_size()
+
+    threat = threat_model(a.norm, a.eps)
+    adversarial = p.contrastive.adv_weight > 0 and a.eps > 0 and a.steps > 0
 
     def train_step(xb, _yb, gen):
         x = to_float(xb, device, cl)
         v1, v2 = augment.simclr(x, gen), augment.simclr(x, gen)
         n = len(v1)
-        loss = p.contrastive.clean_weight * nt_xent(model(v1), model(v2), tau).mean() \
-            if p.contrastive.clean_weight > 0 else torch.zeros((), device=device)
-        if p.contrastive.adv_weight > 0 and a.eps > 0 and a.steps > 0:
+        views = [v1, v2]
+        if adversarial:
             model.eval()
-            if p.contrastive.perturb == "both":
-                def objective(v):
-                    return nt_xent(model(v[:n]), model(v[n:]), tau)
-                with frozen(model):
-                    from .attacks import ascend, threat_model
-                    adv = ascend(torch.cat([v1, v2]), objective, threat_model(a.norm, a.eps), a.steps, step_size,
-                                 random_start=a.random_start, generator=gen)
-                a1, a2 = adv[:n], adv[n:]
-            else:
-                def objective(v):
-                    return nt_xent(model(v1), model(v), tau)[n:]
-                with frozen(model):
-                    from .attacks import ascend, threat_model
-                    a2 = ascend(v2, objective, threat_model(a.norm, a.eps), a.steps, step_size,
+            with frozen(model):
+                if p.contrastive.perturb == "both":  # maximise NT-Xent of the pair by moving both views
+                    adv = ascend(torch.cat([v1, v2]), lambda v: nt_xent(model(v[:n]), model(v[n:]), tau), threat,
+                                 a.steps, step_size, random_start=a.random_start, generator=gen)
+                    a1, a2 = adv[:n], adv[n:]
+                else:  # only the second view moves
+                    a1 = v1
+                    a2 = ascend(v2, lambda v: nt_xent(model(v1), model(v), tau)[n:], threat, a.steps, step_size,
                                 random_start=a.random_start, generator=gen)
-                a1 = v1
             model.train()
-            loss = loss + p.contrastive.adv_weight * nt_xent(model(a1), model(a2), tau).mean()
+            views += [a1, a2]
+        z = trainee(torch.cat(views)).split(n)  # one forward (and one DDP all-reduce) for all views
+        loss = p.contrastive.clean_weight * nt_xent(z[0], z[1], tau).mean()
+        if adversarial:
+            loss = loss + p.contrastive.adv_weight * nt_xent(z[2], z[3], tau).mean()
         return loss, {}
 
     probe_idx = stratified_indices(data.train.labels, p.probe.train_per_class, EVAL_SEED)
@@ -363,6 +380,8 @@ def train_unsupervised(p: UnsupervisedParams, data: Dataset, run, stage: str, se
                     section_hash(p, exclude=("runtime",)) + data_hash[:8], p.checkpoint_every,
                     p.eval.every_steps, Path(p.out_dir), Path(metrics_dir), section)
     result = run_loop(spec, data, device, run, resume, restart)
+    if not result:
+        return {}
     probe = evaluate_fn.probe
     blob = {"kind": "contrastive", "arch": p.arch.model_dump(), "proj_dim": p.contrastive.proj_dim,
             "tau": tau, "num_classes": len(data.classes),

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipeline import distributed
 from pipeline.errors import CemError
 from pipeline.params import Params, load_params
 
@@ -37,4 +38,6 @@ def user_errors(fn):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise typer.Exit(130)
+        finally:
+            distributed.shutdown()
     return wrapper
