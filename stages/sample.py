@@ -45,6 +45,8 @@ def sample(
                    upstream={"prepare": manifest.get("mlflow_run_id", ""), "model": model_run},
                    tags={"sampler": name}) as run:
         stats = run_sampling(name, rp, model_path, p.data.out_dir, Path(p.sample.out_dir) / name, device, run)
+    if not stats:  # ranks other than 0 under torchrun report nothing
+        return
     log(f"sample {name}: " + json.dumps({k: stats[k] for k in ("n", "samples_per_second",
                                                                 "objective_first_step_mean",
                                                                 "objective_last_step_mean")}))

@@ -34,7 +34,8 @@ def _run(section: str, params: Path, overrides, epochs, resume, restart):
         fn = trainer.train_unsupervised if section == "train_unsup" else trainer.train_supervised
         metrics = fn(sec, ds, run, stage, section, Path(p.metrics_dir), resume=resume, restart=restart,
                      data_hash=data_hash)
-    log(f"{stage}: " + json.dumps(metrics))
+    if metrics:  # empty on ranks other than 0 under torchrun
+        log(f"{stage}: " + json.dumps(metrics))
 
 
 @app.command("supervised")
