@@ -49,9 +49,20 @@ def main():
         loss.backward()
         opt.step()
 
+    # FlopCounterMode does not follow torch.autograd.grad: count the same computation (attack
+    # steps = forward + backward to the input with frozen weights; update = forward + full backward)
+    # through .backward(), which runs the same kernels.
+    from pipeline.attacks import frozen
     with FlopCounterMode(display=False) as counter:
-        step()
+        model.eval()
+        for _ in range(args.steps):
+            with frozen(model):
+                v = x.clone().requires_grad_(True)
+                F.cross_entropy(model(v), y).backward()
+        model.train()
+        F.cross_entropy(model(x), y).backward()
     flops = counter.get_total_flops()
+    opt.zero_grad(set_to_none=True)
     step()
     times = []
     peaks = []

@@ -256,6 +256,15 @@ def _plot_history(history: list[dict], path: Path, title: str) -> None:
     tmp.replace(path)
 
 
+def _train(p, stage, section, model, train_step, evaluate_fn, data, device, run, resume, restart, metrics_dir,
+           data_hash) -> tuple[LoopSpec, dict]:
+    """Both trainers: the checkpoint identity is the params section (less runtime) + the data hash."""
+    spec = LoopSpec(stage, model, train_step, evaluate_fn, p.optim, p.seed, len(data.train.labels),
+                    section_hash(p, exclude=("runtime",)) + data_hash[:8], p.checkpoint_every,
+                    p.eval.every_steps, Path(p.out_dir), Path(metrics_dir), section)
+    return spec, run_loop(spec, data, device, run, resume, restart)
+
+
 # ----------------------------------------------------------------------------- supervised
 def train_supervised(p: SupervisedParams, data: Dataset, run, stage: str, section: str, metrics_dir: Path,
                      resume: Optional[Path] = None, restart: bool = False, data_hash: str = "") -> dict:
@@ -302,10 +311,8 @@ def train_supervised(p: SupervisedParams, data: Dataset, run, stage: str, sectio
 
     if p.eval_attack.eps == 0 and p.attack.eps > 0:
         raise CemError(f"{stage}: eval_attack.eps is 0 but the model is trained adversarially")
-    spec = LoopSpec(stage, model, train_step, evaluate_fn, p.optim, p.seed, len(data.train.labels),
-                    section_hash(p, exclude=("runtime",)) + data_hash[:8], p.checkpoint_every,
-                    p.eval.every_steps, Path(p.out_dir), Path(metrics_dir), section)
-    result = run_loop(spec, data, device, run, resume, restart)
+    spec, result = _train(p, stage, section, model, train_step, evaluate_fn, data, device, run, resume, restart,
+                          metrics_dir, data_hash)
     if not result:
         return {}
     blob = {"kind": "classifier", "arch": p.arch.model_dump(), "num_classes": num_classes,
@@ -376,10 +383,8 @@ def train_unsupervised(p: UnsupervisedParams, data: Dataset, run, stage: str, se
             evaluate_fn.probe = probe
         return res
 
-    spec = LoopSpec(stage, model, train_step, evaluate_fn, p.optim, p.seed, len(data.train.labels),
-                    section_hash(p, exclude=("runtime",)) + data_hash[:8], p.checkpoint_every,
-                    p.eval.every_steps, Path(p.out_dir), Path(metrics_dir), section)
-    result = run_loop(spec, data, device, run, resume, restart)
+    spec, result = _train(p, stage, section, model, train_step, evaluate_fn, data, device, run, resume, restart,
+                          metrics_dir, data_hash)
     if not result:
         return {}
     probe = evaluate_fn.probe

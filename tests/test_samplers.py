@@ -1,6 +1,5 @@
 """Samplers on tiny trained models: shapes, determinism, objective ascent, conditioning,
 MaxEnt's diversity, seeds, and byte-identical resume per shard."""
-import hashlib
 import json
 from pathlib import Path
 
@@ -33,28 +32,35 @@ def test_registry_has_the_papers_eight_samplers():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_stage_outputs_shapes_dtype_and_determinism(trained, tmp_path, name):
+def test_stage_outputs_shapes_dtype_and_range(trained, tmp_path, name):
     tmp, raw = trained
     raw = json.loads(json.dumps(raw))
-    outs = []
-    for run in ("a", "b"):
-        raw["sample"]["out_dir"] = str(tmp_path / run)
-        cem("sample", name, "--params", str(write_params(tmp_path, raw)))
-        outs.append(tmp_path / run / name)
-    shards = sorted(outs[0].glob("shard-*.pt"))
-    assert len(shards) == 2
-    images = torch.cat([i for i, _ in load_shards(outs[0])])
-    labels = torch.cat([l for _, l in load_shards(outs[0])])
+    raw["sample"]["out_dir"] = str(tmp_path)
+    cem("sample", name, "--params", str(write_params(tmp_path, raw)))
+    out = tmp_path / name
+    assert len(sorted(out.glob("shard-*.pt"))) == 2
+    images = torch.cat([i for i, _ in load_shards(out)])
+    labels = torch.cat([l for _, l in load_shards(out)])
     assert images.shape == (20, 3, 32, 32) and images.dtype == torch.uint8
+    assert images.float().std() > 1  # not a constant image
     if SAMPLERS[name].conditional:
         assert torch.equal(labels, torch.arange(20) % 10)
     else:
         assert (labels == -1).all()
-    for a, b in zip(shards, sorted(outs[1].glob("shard-*.pt"))):
-        assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
-    assert (outs[0] / "grid.png").stat().st_size > 500
-    meta = json.loads((outs[0] / "meta.json").read_text())
+    assert (out / "grid.png").stat().st_size > 500
+    meta = json.loads((out / "meta.json").read_text())
     assert meta["n"] == 20 and meta["samples_per_second"] > 0 and meta["mlflow_run_id"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_params_give_identical_bytes(trained, tmp_path, name):
+    tmp, _ = trained
+    _, rp, _ = _ctx(trained, name)
+    folder = "sup" if SAMPLERS[name].model_kind == "classifier" else "unsup"
+    for run in ("a", "b"):
+        run_sampling(name, rp, tmp / folder / "model.pt", str(tmp / "data"), tmp_path / run, torch.device("cpu"))
+    for a in sorted((tmp_path / "a").glob("shard-*.pt")):
+        assert a.read_bytes() == (tmp_path / "b" / a.name).read_bytes()
 
 
 @pytest.mark.parametrize("name", NAMES)
