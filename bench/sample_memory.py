@@ -7,7 +7,6 @@ steps are set to 1 because memory does not depend on them.
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -16,15 +15,23 @@ from pathlib import Path
 from bench.common import hardware
 
 
+CHILD = """
+import resource, runpy, sys
+sys.argv = ["cem"] + sys.argv[1:]
+try:
+    runpy.run_module("stages.cli", run_name="__main__")
+finally:
+    print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+"""
+
+
 def peak_rss_mb(args: list[str]) -> float:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = subprocess.run([sys.executable, "-m", "stages.cli", *args], capture_output=True, text=True)
+    """Run `cem ARGS` in a fresh process that reports its own peak RSS."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if after <= before:
-        print("warning: ru_maxrss of children did not grow; the earlier child was larger")
-    return after / 1024
+    line = [l for l in proc.stderr.splitlines() if l.startswith("PEAK_RSS_KB")][-1]
+    return int(line.split()[1]) / 1024
 
 
 def main():
@@ -35,7 +42,6 @@ def main():
     out = tempfile.mkdtemp()
     common = ["--params", args.params, "--set", f"sample.out_dir={out}", "--set", "sample.defaults.steps=1",
               "--set", "sample.defaults.shard_size=500", "--set", "sample.defaults.batch_size=250"]
-    # RUSAGE_CHILDREN reports the largest child so far: run the small N first
     small = peak_rss_mb(["sample", args.sampler, *common, "--n", "1000"])
     large = peak_rss_mb(["sample", args.sampler, *common, "--n", "10000"])
     print(f"hardware: {hardware()}")
