@@ -44,7 +44,7 @@ def main():
     ap.add_argument("--db", default="mlflow.db")
     ap.add_argument("--experiment", default="cem")
     ap.add_argument("--out", default="docs/mlflow_compare.png")
-    ap.add_argument("--size", default="1600,1300")
+    ap.add_argument("--size", default="1600,2450", help="window WIDTH,HEIGHT (tall: the metrics table is low on the page)")
     args = ap.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
