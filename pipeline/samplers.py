@@ -116,20 +116,21 @@ def _pgd_cond(ctx, c):
     return lambda x: _bank_term(ctx, ctx.model.embed(x), c)
 
 
-@register("maxent_uncond", "contrastive", False, "log Σ_{b∈B} exp f(x,b) − β·log Σ_{k≠i} exp f(xᵢ,x_k)")
-def _maxent_uncond(ctx, _c):
+def _maxent(ctx: SamplingContext, cond: Optional[torch.Tensor]):
     def objective(x):
         z = ctx.model.embed(x)
-        return _bank_term(ctx, z, None) - ctx.params.beta * _repulsion(ctx, z)
+        return _bank_term(ctx, z, cond) - ctx.params.beta * _repulsion(ctx, z)
     return objective
+
+
+@register("maxent_uncond", "contrastive", False, "log Σ_{b∈B} exp f(x,b) − β·log Σ_{k≠i} exp f(xᵢ,x_k)")
+def _maxent_uncond(ctx, _c):
+    return _maxent(ctx, None)
 
 
 @register("maxent_cond", "contrastive", True, "log Σ_{b∈B_c} exp f(x,b) − β·log Σ_{k≠i} exp f(xᵢ,x_k)")
 def _maxent_cond(ctx, c):
-    def objective(x):
-        z = ctx.model.embed(x)
-        return _bank_term(ctx, z, c) - ctx.params.beta * _repulsion(ctx, z)
-    return objective
+    return _maxent(ctx, c)
 
 
 # ----------------------------------------------------------------------------- banks and conditions
