@@ -134,7 +134,7 @@ def fidelity(samples: torch.Tensor, reference: torch.Tensor, reference_name: str
         isc=True, fid=True, kid=True, feature_extractor=extractor,
         kid_subset_size=min(kid_subset_size, len(samples), len(reference)),
         isc_splits=min(10, len(samples)), batch_size=batch_size, cuda=cuda, verbose=False,
-        samples_shuffle=False, rng_seed=2020, **kwargs)
+        samples_shuffle=True, rng_seed=2020, **kwargs)  # shuffled (seeded): IS splits must mix classes
     return {"is": float(res["inception_score_mean"]), "is_std": float(res["inception_score_std"]),
             "fid": float(res["frechet_inception_distance"]),
             "kid": float(res["kernel_inception_distance_mean"]),

@@ -87,6 +87,7 @@ def tiny_params(tmp: Path, source: Path | str, **sections) -> dict:
                       "optim": {"epochs": 10.0, "batch_size": 50, "lr": 0.1, "schedule": "triangle"},
                       "attack": {"norm": "l2", "eps": 0.5, "steps": 2}},
         "train_ref": {**train_common, "out_dir": str(tmp / "ref"), "augment": True,
+                      "optim": {"epochs": 10.0, "batch_size": 50, "lr": 0.1, "schedule": "triangle"},
                       "attack": {"eps": 0.0, "steps": 0}},
         "train_unsup": {**train_common, "out_dir": str(tmp / "unsup"),
                         "probe": {"epochs": 2, "train_per_class": 10}},
