@@ -41,6 +41,15 @@ def load_shards(folder: Path):
         yield blob["images"], blob["labels"]
 
 
+def model_path_for(p, name: str) -> Path:
+    """The trained model a sampler draws from: supervised AT for classifier samplers, the
+    contrastive encoder for the others."""
+    if name not in SAMPLERS:
+        raise CemError(f"unknown sampler '{name}'; registered: {', '.join(SAMPLERS)}", exit_code=2)
+    kind = SAMPLERS[name].model_kind
+    return Path(p.train_sup.out_dir if kind == "classifier" else p.train_unsup.out_dir) / "model.pt"
+
+
 def prepare_context(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir: str, device):
     """Model, seeds and (for contrastive samplers) the bank: everything a batch needs."""
     if name not in SAMPLERS:

@@ -180,7 +180,7 @@ def score_samples(name: str, p, device: torch.device, run=None) -> dict:
     from .data import load_dataset, read_manifest, stratified_indices
     from .progress import log
     from .samplers import generate_batch, to_uint8
-    from .sampling import load_shards, prepare_context
+    from .sampling import load_shards, model_path_for, prepare_context
     sp = p.score
     rp = p.sample.resolved(name)
     folder = Path(p.sample.out_dir) / name
@@ -205,7 +205,7 @@ def score_samples(name: str, p, device: torch.device, run=None) -> dict:
 
     # control rows: the very seeds of the first batches, and those seeds after `control_steps` steps
     n_ctrl = min(len(images), sp.control_n)
-    sampler, ctx, seeds, _ = prepare_context(name, rp, Path(_model_dir(p, name)) / "model.pt", p.data.out_dir, device)
+    sampler, ctx, seeds, _ = prepare_context(name, rp, model_path_for(p, name), p.data.out_dir, device)
     per_shard = rp.shard_size // rp.batch_size
     seeds_u8, stepped_u8, ctrl_labels = [], [], []
     start = 0
@@ -240,11 +240,6 @@ def score_samples(name: str, p, device: torch.device, run=None) -> dict:
         flat = {k: float(v) for k, v in flatten(out).items() if _is_number(v)}
         run.log_metrics({k: v for k, v in flat.items() if not k.endswith("sha256")})
     return out
-
-
-def _model_dir(p, name: str) -> str:
-    from .samplers import SAMPLERS
-    return p.train_sup.out_dir if SAMPLERS[name].model_kind == "classifier" else p.train_unsup.out_dir
 
 
 def _is_number(v: str) -> bool:

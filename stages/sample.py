@@ -12,7 +12,8 @@ from pipeline.errors import CemError
 from pipeline.params import SAMPLER_NAMES
 from pipeline.progress import log
 from pipeline.samplers import SAMPLERS
-from pipeline.sampling import run_sampling
+from pipeline.checkpoints import load_model_file
+from pipeline.sampling import model_path_for, run_sampling
 from pipeline.tracking import stage_run
 from pipeline.train import setup_runtime
 
@@ -31,16 +32,10 @@ def sample(
         raise CemError(f"unknown sampler '{name}'; choose one of {', '.join(SAMPLERS)}", exit_code=2)
     p = load(params, overrides, {f"sample.{name}.n": n})
     rp = p.sample.resolved(name)
-    sampler = SAMPLERS[name]
-    model_dir = p.train_sup.out_dir if sampler.model_kind == "classifier" else p.train_unsup.out_dir
-    model_path = Path(model_dir) / "model.pt"
+    model_path = model_path_for(p, name)
     device = setup_runtime(p.sample.runtime)
     manifest = data_mod.read_manifest(p.data.out_dir)
-    model_run = ""
-    train_metrics = Path(model_dir) / "model.pt"
-    if train_metrics.exists():
-        from pipeline.checkpoints import load_model_file
-        model_run = load_model_file(model_path).get("mlflow_run_id", "")
+    model_run = load_model_file(model_path).get("mlflow_run_id", "")  # also: a clear error before any run opens
     with stage_run(p.experiment, f"sample_{name}", rp,
                    upstream={"prepare": manifest.get("mlflow_run_id", ""), "model": model_run},
                    tags={"sampler": name}) as run:
