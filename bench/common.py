@@ -1,33 +1,47 @@
-"""Shared benchmark helpers: alternate A and B in one process (these machines are noisy) and
-report medians and their ratio."""
+"""Shared benchmark helpers. These machines are noisy (other tenants share the host), so A and B
+are measured alternately in one process and each round gives one ratio; the median of the
+per-round ratios is the result, with its spread printed beside it."""
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
 
 
-def alternate(a: Callable[[], None], b: Callable[[], None], rounds: int = 5, warmup: int = 1) -> tuple[float, float]:
-    """Median seconds of a() and b(), measured alternately A B A B ..."""
+def timed(fn: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def paired(fns: Sequence[Callable[[], None]], rounds: int = 10, warmup: int = 1) -> list[list[float]]:
+    """Seconds of each fn per round. Every round runs all fns once; the order rotates from round to
+    round so that no fn always runs first (after a cold cache) or last."""
     for _ in range(warmup):
-        a()
-        b()
-    ta, tb = [], []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        a()
-        ta.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        b()
-        tb.append(time.perf_counter() - t0)
-    return statistics.median(ta), statistics.median(tb)
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    k = len(fns)
+    for r in range(rounds):
+        for j in range(k):
+            i = (j + r) % k
+            times[i].append(timed(fns[i]))
+    return times
+
+
+def ratio_summary(num: list[float], den: list[float]) -> tuple[float, float, float]:
+    """(median, min, max) of the per-round ratios num[r] / den[r]."""
+    ratios = sorted(n / d for n, d in zip(num, den))
+    return statistics.median(ratios), ratios[0], ratios[-1]
 
 
 def hardware() -> str:
     import os
     import platform
 
-    import torch
     cpu = platform.processor() or platform.machine()
     try:
         for line in open("/proc/cpuinfo"):
@@ -37,3 +51,77 @@ def hardware() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def our_at_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, eps: float,
+                steps: int, alpha: float, *, channels_last: bool = True, freeze: bool = True,
+                batched_augment: bool = True, threads: int | None = None, compile_model: bool = False,
+                seed: int = 0) -> Callable[[], None]:
+    """One step of our trainer's supervised AT (train.train_supervised's train_step + SGD), with each
+    of its speed measures switchable so that they can be measured one at a time."""
+    from pipeline import augment
+    from pipeline.attacks import ascend, ce_objective, frozen, threat_model
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    run = torch.compile(model) if compile_model else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    gen = torch.Generator().manual_seed(seed)
+    threat = threat_model(norm, eps)
+    tf = None if batched_augment else _torchvision_augment()
+
+    def attack(x):
+        def go():
+            return ascend(x, ce_objective(run, labels), threat, steps, alpha, random_start=True, generator=gen)
+        if freeze:
+            with frozen(model):
+                return go()
+        return go()
+
+    def step():
+        previous = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            if batched_augment:
+                x = augment.crop_flip(images.float().div_(255).contiguous(memory_format=fmt), gen)
+            else:
+                x = (torch.stack([tf(img) for img in images]).float() / 255).contiguous(memory_format=fmt)
+            model.eval()
+            xa = attack(x) if steps > 0 else x
+            model.train()
+            loss = F.cross_entropy(run(xa), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        finally:
+            torch.set_num_threads(previous)
+
+    return step
+
+
+def _torchvision_augment():
+    import torchvision.transforms.v2 as T
+    return T.Compose([T.RandomCrop(32, padding=4, padding_mode="reflect"), T.RandomHorizontalFlip()])
+
+
+def baseline_at_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, eps: float,
+                     steps: int, alpha: float) -> Callable[[], None]:
+    """The obvious loop: torchattacks PGD/PGDL2, torchvision per-image transforms, plain SGD."""
+    import torchattacks
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    attack_cls = torchattacks.PGDL2 if norm == "l2" else torchattacks.PGD
+    attack = attack_cls(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+    tf = _torchvision_augment()
+
+    def step():
+        x = torch.stack([tf(img) for img in images]).float() / 255
+        model.eval()
+        xa = attack(x, labels)
+        model.train()
+        loss = F.cross_entropy(model(xa), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
