@@ -78,21 +78,31 @@ def frozen(*modules: nn.Module):
             p.requires_grad_(f)
 
 
+def random_init(threat, anchor: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """A random point of the ball around `anchor`, inside the image box (PGD's random start)."""
+    return (anchor + threat.random_perturb(anchor, generator)).clamp_(0, 1)
+
+
 def ascend(x0: torch.Tensor, objective: Objective, threat, steps: int, step_size: float, *,
            random_start: bool = False, noise_std: float = 0.0, generator: Optional[torch.Generator] = None,
            anchor: Optional[torch.Tensor] = None, return_best: bool = False,
-           on_step: Optional[Callable[[int, torch.Tensor], None]] = None) -> torch.Tensor:
+           on_step: Optional[Callable[[int, torch.Tensor], None]] = None,
+           init: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Projected gradient ascent of a per-sample objective J (shape [B]):
 
         d = ∇ₓ J(x);  x ← x + step(d) (+ σ·ξ);  x ← anchor + project(x − anchor);  x ← clamp(x, 0, 1)
 
     `anchor` is the centre of the ball (default: x0). With `return_best`, the iterate with the
     highest J per sample is returned instead of the last one. `on_step(t, J)` sees J before step t.
+    `init` is the first iterate when the caller drew it (e.g. `random_init` on a whole global batch
+    of which this process holds some rows); otherwise x0, or a random point of the ball.
     """
     anchor = x0.detach() if anchor is None else anchor.detach()
     x = x0.detach().clone()
-    if random_start:
-        x = (anchor + threat.random_perturb(x, generator)).clamp_(0, 1)
+    if init is not None:
+        x = init.detach().clone()
+    elif random_start:
+        x = random_init(threat, anchor, generator)
     best = best_val = None
     for t in range(steps + (1 if return_best else 0)):
         x.requires_grad_(True)
@@ -127,10 +137,10 @@ def ce_objective(model: nn.Module, y: torch.Tensor, targeted: bool = False) -> O
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, steps: int,
         step_size: float, random_start: bool = True, generator: Optional[torch.Generator] = None,
-        targeted: bool = False) -> torch.Tensor:
+        targeted: bool = False, init: Optional[torch.Tensor] = None) -> torch.Tensor:
     """PGD on cross-entropy with the model's parameters frozen (the training and evaluation attack)."""
     if eps <= 0 or steps <= 0:
         return x.detach()
     with frozen(model):
         return ascend(x, ce_objective(model, y, targeted), threat_model(norm, eps), steps, step_size,
-                      random_start=random_start, generator=generator)
+                      random_start=random_start, generator=generator, init=init)

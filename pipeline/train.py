@@ -4,7 +4,10 @@ bit-identical resume.
 
 Determinism: every random draw of optimizer step s (batch order, augmentation, attack start) comes
 from a generator seeded by (seed, s), so a run resumed at step s draws exactly what an
-uninterrupted run would have drawn there.
+uninterrupted run would have drawn there. Under torchrun every rank makes the draws of the whole
+global batch and keeps its rows, so N processes see the images, crops and attack starts that one
+process sees (with `runtime.sync_bn` the supervised training then matches one process up to
+floating-point reduction order; tests/test_distributed.py).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment, distributed
-from .attacks import ascend, frozen, pgd, threat_model
+from .attacks import ascend, frozen, pgd, random_init, threat_model
 from .checkpoints import load_checkpoint, restore_rng, save_checkpoint
 from .data import Dataset, atomic_torch_save, atomic_write_text, stratified_indices
 from .energies import nt_xent
@@ -54,8 +57,10 @@ def wrap_ddp(model: nn.Module, runtime: RuntimeParams, device: torch.device) -> 
     if not distributed.world().distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel
-    if runtime.sync_bn:
+    if runtime.sync_bn and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif runtime.sync_bn:  # torch's SyncBatchNorm refuses CPU tensors
+        model = distributed.convert_cpu_sync_batchnorm(model)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
@@ -128,7 +133,8 @@ class LoopSpec:
     """What differs between the three trainings; the loop, checkpointing and eval are shared."""
     stage: str
     model: nn.Module
-    train_step: Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, dict]]
+    train_step: Callable[[torch.Tensor, torch.Tensor, torch.Generator, slice], tuple[torch.Tensor, dict]]
+    """(global batch images, labels, the step's generator, this rank's rows) -> (loss on those rows, metrics)"""
     evaluate: Callable[[bool], dict]
     optim: OptimParams
     seed: int
@@ -167,6 +173,10 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
         log(f"{spec.stage}: resuming from {src} at step {start}/{total}")
     spec.model.train()
     w = distributed.world()
+    if bs % w.size:
+        raise CemError(f"{spec.stage}: optim.batch_size {bs} is not divisible by the {w.size} torchrun processes")
+    per_rank = bs // w.size
+    rows = slice(w.rank * per_rank, (w.rank + 1) * per_rank)  # this rank's rows of every global batch
     images, labels = data.train.images, data.train.labels
     perm_epoch, perm = -1, None
     t0, seen = time.perf_counter(), 0
@@ -176,9 +186,9 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
             if epoch != perm_epoch:
                 perm = torch.randperm(len(labels), generator=step_generator(spec.seed, -1 - epoch))
                 perm_epoch = epoch
-            idx = perm[pos * bs:(pos + 1) * bs][w.rank::w.size]  # this rank's slice of the global batch
-            gen = step_generator(spec.seed + 7919 * w.rank, step)
-            loss, metrics = spec.train_step(images[idx], labels[idx], gen)
+            idx = perm[pos * bs:(pos + 1) * bs]
+            gen = step_generator(spec.seed, step)  # the same on every rank: draws are made for the global batch
+            loss, metrics = spec.train_step(images[idx], labels[idx], gen, rows)
             if not torch.isfinite(loss):
                 raise DivergenceError(f"{spec.stage}: loss became {loss.item()} at epoch {epoch} step {step}; "
                                       "lower the learning rate")
@@ -186,7 +196,7 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
             loss.backward()
             opt.step()
             sched.step()
-            seen += len(idx) * w.size
+            seen += len(idx)
             if step % 10 == 0 or step == total - 1:
                 run.log_metrics({"train_loss": loss.item(), "lr": sched.get_last_lr()[0], **metrics}, step=step)
             advance(loss=loss.item())
@@ -281,16 +291,19 @@ def train_supervised(p: SupervisedParams, data: Dataset, run, stage: str, sectio
     step_size = p.attack.resolved_step_size()
     amp = p.runtime.amp and device.type == "cuda"
 
-    def train_step(xb, yb, gen):
+    random_start = p.attack.random_start or p.attack.kind == "fgsm_rs"
+    threat = threat_model(p.attack.norm, p.attack.eps)
+
+    def train_step(xb, yb, gen, rows):
         x = to_float(xb, device, cl)
         if p.augment:
             x = augment.crop_flip(x, gen)
-        y = yb.to(device)
+        start = random_init(threat, x, gen)[rows] if adversarial and random_start else None
+        x, y = x[rows], yb[rows].to(device)
         if adversarial:
             model.eval()
             steps = 1 if p.attack.kind == "fgsm_rs" else p.attack.steps
-            x = pgd(model, x, y, p.attack.norm, p.attack.eps, steps, step_size,
-                    random_start=p.attack.random_start or p.attack.kind == "fgsm_rs", generator=gen)
+            x = pgd(model, x, y, p.attack.norm, p.attack.eps, steps, step_size, random_start=False, init=start)
             model.train()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = trainee(x)
@@ -340,26 +353,40 @@ def train_unsupervised(p: UnsupervisedParams, data: Dataset, run, stage: str, se
 
     threat = threat_model(a.norm, a.eps)
     adversarial = p.contrastive.adv_weight > 0 and a.eps > 0 and a.steps > 0
+    # NT-Xent couples the batch: under torchrun every rank's loss (and attack objective) uses the
+    # embeddings of the whole global batch, so the negatives are those one process would use.
+    gather = distributed.gather_rows
 
-    def train_step(xb, _yb, gen):
+    def train_step(xb, _yb, gen, rows):
         x = to_float(xb, device, cl)
         v1, v2 = augment.simclr(x, gen), augment.simclr(x, gen)
+        b = len(v1)
+        both = p.contrastive.perturb == "both"
+        start = None
+        if adversarial and a.random_start:  # drawn for the global batch, as one process would
+            if both:
+                s = random_init(threat, torch.cat([v1, v2]), gen)
+                start = torch.cat([s[:b][rows], s[b:][rows]])
+            else:
+                start = random_init(threat, v2, gen)[rows]
+        v1, v2 = v1[rows], v2[rows]
         n = len(v1)
         views = [v1, v2]
         if adversarial:
             model.eval()
             with frozen(model):
-                if p.contrastive.perturb == "both":  # maximise NT-Xent of the pair by moving both views
-                    adv = ascend(torch.cat([v1, v2]), lambda v: nt_xent(model(v[:n]), model(v[n:]), tau), threat,
-                                 a.steps, step_size, random_start=a.random_start, generator=gen)
+                if both:  # maximise NT-Xent of the pair by moving both views
+                    adv = ascend(torch.cat([v1, v2]),
+                                 lambda v: nt_xent(gather(model(v[:n])), gather(model(v[n:])), tau),
+                                 threat, a.steps, step_size, init=start)
                     a1, a2 = adv[:n], adv[n:]
                 else:  # only the second view moves
                     a1 = v1
-                    a2 = ascend(v2, lambda v: nt_xent(model(v1), model(v), tau)[n:], threat, a.steps, step_size,
-                                random_start=a.random_start, generator=gen)
+                    a2 = ascend(v2, lambda v: nt_xent(gather(model(v1)), gather(model(v)), tau)[b:],
+                                threat, a.steps, step_size, init=start)
             model.train()
             views += [a1, a2]
-        z = trainee(torch.cat(views)).split(n)  # one forward (and one DDP all-reduce) for all views
+        z = [gather(t) for t in trainee(torch.cat(views)).split(n)]  # one forward for all views
         loss = p.contrastive.clean_weight * nt_xent(z[0], z[1], tau).mean()
         if adversarial:
             loss = loss + p.contrastive.adv_weight * nt_xent(z[2], z[3], tau).mean()
