@@ -98,11 +98,12 @@ def ascend(x0: torch.Tensor, objective: Objective, threat, steps: int, step_size
     of which this process holds some rows); otherwise x0, or a random point of the ball.
     """
     anchor = x0.detach() if anchor is None else anchor.detach()
-    x = x0.detach().clone()
     if init is not None:
         x = init.detach().clone()
     elif random_start:
         x = random_init(threat, anchor, generator)
+    else:
+        x = x0.detach().clone()
     best = best_val = None
     for t in range(steps + (1 if return_best else 0)):
         x.requires_grad_(True)

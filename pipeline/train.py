@@ -356,6 +356,10 @@ def train_unsupervised(p: UnsupervisedParams, data: Dataset, run, stage: str, se
     # NT-Xent couples the batch: under torchrun every rank's loss (and attack objective) uses the
     # embeddings of the whole global batch, so the negatives are those one process would use.
     gather = distributed.gather_rows
+    clean = p.contrastive.clean_weight > 0
+    if not clean and not adversarial:
+        raise CemError(f"{stage}: contrastive.clean_weight is 0 and the attack is off (adv_weight, attack.eps or "
+                       "attack.steps is 0): the loss would be empty")
 
     def train_step(xb, _yb, gen, rows):
         x = to_float(xb, device, cl)
@@ -371,7 +375,7 @@ def train_unsupervised(p: UnsupervisedParams, data: Dataset, run, stage: str, se
                 start = random_init(threat, v2, gen)[rows]
         v1, v2 = v1[rows], v2[rows]
         n = len(v1)
-        views = [v1, v2]
+        views = [v1, v2] if clean else []
         if adversarial:
             model.eval()
             with frozen(model):
@@ -386,10 +390,9 @@ def train_unsupervised(p: UnsupervisedParams, data: Dataset, run, stage: str, se
                                 threat, a.steps, step_size, init=start)
             model.train()
             views += [a1, a2]
-        z = [gather(t) for t in trainee(torch.cat(views)).split(n)]  # one forward for all views
-        loss = p.contrastive.clean_weight * nt_xent(z[0], z[1], tau).mean()
-        if adversarial:
-            loss = loss + p.contrastive.adv_weight * nt_xent(z[2], z[3], tau).mean()
+        z = [gather(t) for t in trainee(torch.cat(views)).split(n)]  # one forward for all views in use
+        weights = ([p.contrastive.clean_weight] if clean else []) + ([p.contrastive.adv_weight] if adversarial else [])
+        loss = sum(w * nt_xent(z[2 * i], z[2 * i + 1], tau).mean() for i, w in enumerate(weights))
         return loss, {}
 
     probe_idx = stratified_indices(data.train.labels, p.probe.train_per_class, EVAL_SEED)
