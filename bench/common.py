@@ -57,8 +57,11 @@ def our_at_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
                 steps: int, alpha: float, *, channels_last: bool = True, freeze: bool = True,
                 batched_augment: bool = True, threads: int | None = None, compile_model: bool = False,
                 seed: int = 0) -> Callable[[], None]:
-    """One step of our trainer's supervised AT (train.train_supervised's train_step + SGD), with each
-    of its speed measures switchable so that they can be measured one at a time."""
+    """One step of our trainer's supervised AT + SGD. With every speed measure at its default this is
+    the stage's own step (`recipes.SupervisedRecipe.train_step`); the switches build the ablation
+    variants (bench.speed_ablation), which the stage does not have."""
+    if channels_last and freeze and batched_augment and not compile_model:
+        return _recipe_step(model, images, labels, norm, eps, steps, alpha, threads, seed)
     from pipeline import augment
     from pipeline.attacks import ascend, ce_objective, frozen, threat_model
 
@@ -91,6 +94,34 @@ def our_at_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
             xa = attack(x) if steps > 0 else x
             model.train()
             loss = F.cross_entropy(run(xa), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        finally:
+            torch.set_num_threads(previous)
+
+    return step
+
+
+def _recipe_step(model, images, labels, norm, eps, steps, alpha, threads, seed) -> Callable[[], None]:
+    from pipeline.data import Dataset, Split
+    from pipeline.params import AttackParams, RuntimeParams, SupervisedParams
+    from pipeline.recipes import SupervisedRecipe
+    p = SupervisedParams(seed=seed, attack=AttackParams(norm=norm, eps=eps, steps=steps, step_size=alpha),
+                         eval_attack={"norm": norm, "eps": eps}, eval={"test_per_class": None, "epoch_per_class": 1},
+                         runtime=RuntimeParams(amp=False))
+    data = Dataset(Split(images, labels), Split(images, labels), [str(c) for c in range(10)])
+    recipe = SupervisedRecipe(p, data, torch.device("cpu"), model=model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    gen = torch.Generator().manual_seed(seed)
+    rows = slice(None)
+
+    def step():
+        previous = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            loss, _ = recipe.train_step(images, labels, gen, rows)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -133,7 +133,7 @@ def ascend(x0: torch.Tensor, objective: Objective, threat, steps: int, step_size
 def ce_objective(model: nn.Module, y: torch.Tensor, targeted: bool = False) -> Objective:
     """Untargeted: ascend CE(x, y). Targeted: ascend log p(y|x) = −CE(x, y)."""
     sign = -1.0 if targeted else 1.0
-    return lambda x: sign * F.cross_entropy(model(x), y, reduction="none")
+    return lambda x: sign * F.cross_entropy(model(x).float(), y, reduction="none")
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, steps: int,

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -44,14 +45,22 @@ class Dataset:
 
 
 # ----------------------------------------------------------------------------- sources
+MAX_MEMBER_BYTES = 1 << 20
+"""A CIFAR image file is a few KB: a larger archive member is refused before it is read."""
+
+
 def _decode(blob: bytes, name: str) -> np.ndarray:
+    """Decode one 32x32 image; the size is checked from the header *before* pixels are decoded, so a
+    decompression bomb is refused without being expanded."""
     try:
         with Image.open(io.BytesIO(blob)) as img:
+            if img.size != (32, 32):
+                raise CemError(f"image {name} is {img.size[0]}x{img.size[1]}, expected 32x32")
             arr = np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
+    except CemError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
         raise CemError(f"corrupt image in data source: {name} ({exc.__class__.__name__})") from None
-    if arr.shape != (32, 32, 3):
-        raise CemError(f"image {name} is {arr.shape[1]}x{arr.shape[0]}, expected 32x32")
     return arr
 
 
@@ -89,18 +98,42 @@ def _split_class(parts: list[str]) -> Optional[tuple[str, str]]:
     return split, cls
 
 
+def _check_member(member: tarfile.TarInfo, links: set[str], origin: Path) -> None:
+    """Python's `tarfile` data filter (no absolute paths, no `..`, no links leaving the archive,
+    no special files), plus: nothing under a link, and a size cap. One line naming the member."""
+    try:
+        renamed = tarfile.data_filter(member, "/nonexistent-cem-root").name != member.name
+    except tarfile.FilterError as exc:
+        raise CemError(f"archive {origin}: unsafe member {member.name!r} ({exc.__class__.__name__}); "
+                       "refusing the archive") from None
+    if renamed:  # the filter strips a leading '/': an absolute path is refused, not reinterpreted
+        raise CemError(f"archive {origin}: unsafe member {member.name!r} (absolute path); refusing the archive")
+    parts = member.name.split("/")
+    for i in range(1, len(parts)):
+        if "/".join(parts[:i]) in links:
+            raise CemError(f"archive {origin}: member {member.name!r} lies under the link "
+                           f"{'/'.join(parts[:i])!r}; refusing the archive")
+    if member.isfile() and member.size > MAX_MEMBER_BYTES:
+        raise CemError(f"archive {origin}: member {member.name!r} is {member.size} bytes, more than the "
+                       f"{MAX_MEMBER_BYTES} an image may have; refusing the archive")
+
+
 def _read_tar(path: Path, per_class, seed) -> Dataset:
     def entries():
+        links: set[str] = set()
         try:
             with tarfile.open(path, "r:*") as tar:
                 for member in tar:
+                    _check_member(member, links, path)
+                    if member.issym() or member.islnk():
+                        links.add(member.name.rstrip("/"))
                     if not member.isfile():
                         continue
                     found = _split_class(member.name.split("/"))
                     if found:
                         yield found[0], found[1], member.name, tar.extractfile(member).read()
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise CemError(f"cannot read archive {path}: {exc.__class__.__name__}: {exc}; "
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise CemError(f"cannot read archive {path}: {exc.__class__.__name__}; "
                            "is it a complete .tar/.tar.gz?") from None
     return _assemble(entries(), str(path), per_class, seed)
 
@@ -108,10 +141,16 @@ def _read_tar(path: Path, per_class, seed) -> Dataset:
 def _read_dir(path: Path, per_class, seed) -> Dataset:
     def entries():
         for file in sorted(path.rglob("*")):
+            rel = file.relative_to(path)
+            if file.is_symlink():
+                raise CemError(f"data source {path}: {rel} is a symbolic link; refusing links in an image folder")
             if file.is_file():
-                found = _split_class(list(file.relative_to(path).parts))
+                found = _split_class(list(rel.parts))
                 if found:
-                    yield found[0], found[1], str(file.relative_to(path)), file.read_bytes()
+                    if file.stat().st_size > MAX_MEMBER_BYTES:
+                        raise CemError(f"data source {path}: {rel} is {file.stat().st_size} bytes, more than "
+                                       f"the {MAX_MEMBER_BYTES} an image may have")
+                    yield found[0], found[1], str(rel), file.read_bytes()
     return _assemble(entries(), str(path), per_class, seed)
 
 
@@ -141,6 +180,8 @@ def read_source(source: str, download_dir: str | Path = "data/raw", train_per_cl
         raise CemError(f"data source not found: {source}; {OFFLINE_HINT}")
     if path.is_dir():
         return _read_dir(path, per_class, seed)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise CemError(f"data source {source} is empty or not a regular file; {OFFLINE_HINT}")
     return _read_tar(path, per_class, seed)
 
 
@@ -265,12 +306,17 @@ def read_manifest(out_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def prepare(source: str, download_dir: str, out_dir: str, train_per_class: Optional[int],
-            test_per_class: Optional[int], ridge: float, seed: int, run_id: str = "") -> dict:
-    """Everything is computed before the first byte is written, so a failure leaves no outputs."""
+def load_and_fit(source: str, download_dir: str, train_per_class: Optional[int], test_per_class: Optional[int],
+                 ridge: float, seed: int) -> tuple[Dataset, dict]:
+    """Read the source and fit the seeds: all the work and every check of the source, before the
+    stage opens an MLflow run or writes anything."""
     ds = read_source(source, download_dir, train_per_class, test_per_class, seed)
+    return ds, fit_seeds(ds.train, len(ds.classes), ridge)
+
+
+def write_prepared(ds: Dataset, seeds: dict, source: str, out_dir: str, train_per_class: Optional[int],
+                   test_per_class: Optional[int], seed: int, run_id: str = "") -> dict:
     train, test = ds.train, ds.test
-    seeds = fit_seeds(train, len(ds.classes), ridge)
     out = Path(out_dir)
     atomic_torch_save({"train_images": train.images, "train_labels": train.labels,
                        "test_images": test.images, "test_labels": test.labels,

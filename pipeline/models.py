@@ -115,7 +115,7 @@ class ContrastiveModel(nn.Module):
         return self.encoder.features(x)
 
     def embed(self, x):
-        return F.normalize(self.head(self.features(x)), dim=1)
+        return F.normalize(self.head(self.features(x)).float(), dim=1)  # fp32 even under bf16 autocast
 
     def forward(self, x):
         return self.embed(x)

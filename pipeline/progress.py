@@ -36,4 +36,4 @@ def progress_bar(description: str, total: int):
 
 def log(message: str) -> None:
     """One status line on stderr (kept in CI logs)."""
-    console.print(message, highlight=False)
+    console.print(message, highlight=False, markup=False)

@@ -3,7 +3,8 @@
 A sampler = a seed distribution (class-conditional or unconditional Gaussian) + an objective
 J(x) to ascend + a step rule + optional noise + a projection. All of them run on the one engine,
 `attacks.ascend`, with an L2 ball of radius ε around the seed and normalised-gradient steps.
-To add a sampler, write its objective and call `register`.
+To add a sampler: one `spec(...)` line in `sampler_specs` (name, model, defaults, paper numbers)
+and its objective here, bound with `@objective(name)`.
 
 Supervised samplers (f = logits of the adversarially trained classifier, y = target class):
     ta        J = log p(y|x) = f(x, y) − LSE(x)
@@ -26,9 +27,11 @@ import torch
 from torch import nn
 
 from .attacks import L2, ascend, frozen
+from .runtime import autocast
 from .data import draw_seeds, gaussian_factor
 from .energies import conditional_energy, log_posterior, pair_energy
 from .params import ResolvedSamplerParams
+from .sampler_specs import SPECS, SamplerSpec
 
 
 @dataclass
@@ -46,45 +49,52 @@ ObjectiveBuilder = Callable[[SamplingContext, Optional[torch.Tensor]], Callable[
 
 @dataclass(frozen=True)
 class Sampler:
-    name: str
-    model_kind: str          # "classifier" (supervised AT) or "contrastive" (unsupervised AT)
-    conditional: bool
+    spec: SamplerSpec
     objective: ObjectiveBuilder
-    formula: str
+
+    name = property(lambda self: self.spec.name)
+    model_kind = property(lambda self: self.spec.model_kind)
+    conditional = property(lambda self: self.spec.conditional)
+    formula = property(lambda self: self.spec.formula)
 
 
 SAMPLERS: dict[str, Sampler] = {}
 
 
-def register(name: str, model_kind: str, conditional: bool, formula: str):
+def objective(name: str):
+    """Bind an objective to the registry entry `name` (once)."""
     def deco(fn: ObjectiveBuilder) -> ObjectiveBuilder:
-        SAMPLERS[name] = Sampler(name, model_kind, conditional, fn, formula)
+        if name not in SPECS:
+            raise ValueError(f"sampler '{name}' has no entry in sampler_specs")
+        if name in SAMPLERS:
+            raise ValueError(f"sampler '{name}' has two objectives")
+        SAMPLERS[name] = Sampler(SPECS[name], fn)
         return fn
     return deco
 
 
 # ----------------------------------------------------------------------------- supervised
-@register("ta", "classifier", True, "log p(y|x) = f(x,y) − LSE(x)")
+@objective("ta")
 def _ta(ctx, y):
-    return lambda x: log_posterior(ctx.model(x), y)
+    return lambda x: log_posterior(ctx.model(x).float(), y)
 
 
-@register("langevin", "classifier", True, "f(x,y), with σ·ξ noise (sample.langevin.noise_std)")
+@objective("langevin")
 def _langevin(ctx, y):
-    return lambda x: conditional_energy(ctx.model(x), y)
+    return lambda x: conditional_energy(ctx.model(x).float(), y)
 
 
-@register("cs", "classifier", True, "f(x,y)")
+@objective("cs")
 def _cs(ctx, y):
-    return lambda x: conditional_energy(ctx.model(x), y)
+    return lambda x: conditional_energy(ctx.model(x).float(), y)
 
 
-@register("rcs", "classifier", True, "f(x,y) + λ·log p(y|x)")
+@objective("rcs")
 def _rcs(ctx, y):
     lam = ctx.params.lam
 
     def objective(x):
-        logits = ctx.model(x)
+        logits = ctx.model(x).float()  # bf16 under autocast: the energies in fp32
         return conditional_energy(logits, y) + lam * log_posterior(logits, y)
     return objective
 
@@ -106,29 +116,29 @@ def _repulsion(ctx: SamplingContext, z: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(e, dim=1)
 
 
-@register("pgd_uncond", "contrastive", False, "log Σ_{b∈B} exp f(x,b)")
+@objective("pgd_uncond")
 def _pgd_uncond(ctx, _c):
-    return lambda x: _bank_term(ctx, ctx.model.embed(x), None)
+    return lambda x: _bank_term(ctx, ctx.model(x), None)  # forward = embed
 
 
-@register("pgd_cond", "contrastive", True, "log Σ_{b∈B_c} exp f(x,b)")
+@objective("pgd_cond")
 def _pgd_cond(ctx, c):
-    return lambda x: _bank_term(ctx, ctx.model.embed(x), c)
+    return lambda x: _bank_term(ctx, ctx.model(x), c)
 
 
 def _maxent(ctx: SamplingContext, cond: Optional[torch.Tensor]):
     def objective(x):
-        z = ctx.model.embed(x)
+        z = ctx.model(x)
         return _bank_term(ctx, z, cond) - ctx.params.beta * _repulsion(ctx, z)
     return objective
 
 
-@register("maxent_uncond", "contrastive", False, "log Σ_{b∈B} exp f(x,b) − β·log Σ_{k≠i} exp f(xᵢ,x_k)")
+@objective("maxent_uncond")
 def _maxent_uncond(ctx, _c):
     return _maxent(ctx, None)
 
 
-@register("maxent_cond", "contrastive", True, "log Σ_{b∈B_c} exp f(x,b) − β·log Σ_{k≠i} exp f(xᵢ,x_k)")
+@objective("maxent_cond")
 def _maxent_cond(ctx, c):
     return _maxent(ctx, c)
 
@@ -191,7 +201,7 @@ def batch_conditions(sampler: Sampler, start: int, count: int, num_classes: int)
 
 def generate_batch(sampler: Sampler, ctx: SamplingContext, seeds: dict, start: int, count: int,
                    batch_index: int, steps: Optional[int] = None, device=None,
-                   on_step=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   on_step=None, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch: (seed images, final images, conditions or −1), images in [0,1] on the CPU."""
     rp = ctx.params
     gen = batch_generator(rp.seed, batch_index)
@@ -200,12 +210,18 @@ def generate_batch(sampler: Sampler, ctx: SamplingContext, seeds: dict, start: i
     device = device or torch.device("cpu")
     c_dev = cond.to(device) if cond is not None else None
     objective = sampler.objective(ctx, c_dev)
-    with frozen(ctx.model):
+    with frozen(ctx.model), autocast(device, amp):
         x = ascend(x0.to(device), objective, L2(rp.eps), rp.steps if steps is None else steps, rp.step_size,
                    noise_std=rp.noise_std, generator=gen,
-                   return_best=rp.return_best and sampler.name == "ta", on_step=on_step)
+                   return_best=rp.return_best, on_step=on_step)
     labels = cond if cond is not None else torch.full((count,), -1, dtype=torch.int64)
     return x0, x.cpu(), labels
+
+
+_missing = set(SPECS) - set(SAMPLERS)
+if _missing:
+    raise ImportError(f"registered samplers without an objective: {', '.join(sorted(_missing))}")
+SAMPLERS = {name: SAMPLERS[name] for name in SPECS}  # the registry's order
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -19,26 +20,11 @@ from . import distributed
 from .checkpoints import build_trained_model, load_model_file
 from .data import atomic_torch_save, atomic_write_text, load_dataset, load_seeds, sha256_file
 from .errors import CemError
-from .params import ResolvedSamplerParams
+from .params import ControlParams, ResolvedSamplerParams, RuntimeParams
+from .runtime import amp_decision, maybe_compile
 from .progress import log, progress_bar
+from .sample_files import CONTROLS_FILE, load_sample_file, load_shards, shard_paths
 from .samplers import SAMPLERS, SamplingContext, build_bank, generate_batch, to_uint8
-
-
-def shard_paths(folder: Path) -> list[Path]:
-    return sorted(Path(folder).glob("shard-*.pt"))
-
-
-def load_shards(folder: Path):
-    """Yield (uint8 images, labels) per shard, in order."""
-    paths = shard_paths(folder)
-    if not paths:
-        raise CemError(f"no sample shards in {folder}; run `cem sample` first")
-    for path in paths:
-        try:
-            blob = torch.load(path, weights_only=True)
-        except Exception as exc:
-            raise CemError(f"corrupt sample shard {path} ({exc.__class__.__name__})") from None
-        yield blob["images"], blob["labels"]
 
 
 def model_path_for(p, name: str) -> Path:
@@ -50,7 +36,8 @@ def model_path_for(p, name: str) -> Path:
     return Path(p.train_sup.out_dir if kind == "classifier" else p.train_unsup.out_dir) / "model.pt"
 
 
-def prepare_context(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir: str, device):
+def prepare_context(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir: str, device,
+                    runtime: Optional[RuntimeParams] = None):
     """Model, seeds and (for contrastive samplers) the bank: everything a batch needs."""
     if name not in SAMPLERS:
         raise CemError(f"unknown sampler '{name}'; registered: {', '.join(SAMPLERS)}", exit_code=2)
@@ -70,12 +57,15 @@ def prepare_context(name: str, rp: ResolvedSamplerParams, model_path: Path, data
                                               float(seeds["ridge"]), seeds)
         model.to(device)
         ctx.bank_z, ctx.bank_cond = bank_z.to(device), bank_cond.to(device)
+    if runtime is not None:
+        ctx.model = maybe_compile(model, runtime)
     return sampler, ctx, seeds, blob
 
 
-def config_hash(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir: str) -> str:
+def config_hash(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir: str, amp: bool = False) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"sampler": name, **rp.model_dump()}, sort_keys=True).encode())
+    h.update(json.dumps({"sampler": name, **rp.model_dump(), **({"amp": "bf16"} if amp else {})},
+                        sort_keys=True).encode())
     h.update(sha256_file(model_path).encode())
     h.update(sha256_file(Path(data_dir) / "seeds.pt").encode())
     return h.hexdigest()[:16]
@@ -94,22 +84,23 @@ def _reset_if_stale(out: Path, cfg_path: Path, chash: str, name: str, rp: Resolv
 
 
 def run_sampling(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir: str, out_dir: Path,
-                 device, run=None) -> dict:
-    if rp.shard_size % rp.batch_size != 0:
-        raise CemError(f"sample.{name}: shard_size ({rp.shard_size}) must be a multiple of batch_size "
-                       f"({rp.batch_size}) so that batches (which MaxEnt couples) never straddle shards", 2)
-    sampler, ctx, seeds, blob = prepare_context(name, rp, model_path, data_dir, device)
+                 device, controls: Optional[ControlParams] = None, run=None,
+                 runtime: Optional[RuntimeParams] = None) -> dict:
+    sampler, ctx, seeds, blob = prepare_context(name, rp, model_path, data_dir, device, runtime)
+    amp, why = amp_decision(runtime, device) if runtime is not None else (False, "fp32")
+    if run is not None:
+        run.set_tags({"runtime.amp": why})
     w = distributed.world()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    chash = config_hash(name, rp, model_path, data_dir)
+    chash = config_hash(name, rp, model_path, data_dir, amp)
     cfg_path = out / "config.json"
     if w.main:
         _reset_if_stale(out, cfg_path, chash, name, rp)
     distributed.barrier()
     n_shards = math.ceil(rp.n / rp.shard_size)
     per_shard_batches = rp.shard_size // rp.batch_size
-    j_first, j_last, generated, t0 = [], [], 0, time.perf_counter()
+    j_sums, generated, t0 = {"first": 0.0, "last": 0.0}, 0, time.perf_counter()
     mine = range(w.rank, n_shards, w.size)  # shard s belongs to rank s mod world size
     with progress_bar(f"sample {name}", sum(min(rp.shard_size, rp.n - s * rp.shard_size) for s in mine)) as advance:
         for s in mine:
@@ -128,29 +119,35 @@ def run_sampling(name: str, rp: ResolvedSamplerParams, model_path: Path, data_di
                 record = {}
 
                 def on_step(t, values, record=record):
-                    record.setdefault("first", values.mean().item())
-                    record["last"] = values.mean().item()
+                    record.setdefault("first", values.sum().item())
+                    record["last"] = values.sum().item()
                 _, x, lab = generate_batch(sampler, ctx, seeds, start, count, s * per_shard_batches + b,
-                                           device=device, on_step=on_step)
-                if "first" in record:
-                    j_first.append(record["first"])
-                    j_last.append(record["last"])
+                                           device=device, on_step=on_step, amp=amp)
+                j_sums["first"] += record.get("first", 0.0)
+                j_sums["last"] += record.get("last", 0.0)
                 images.append(to_uint8(x))
                 labels.append(lab)
                 generated += count
                 advance(count)
-            atomic_torch_save({"images": torch.cat(images), "labels": torch.cat(labels)}, path)
+            # each shard carries its own objective sums, so meta.json can describe every shard,
+            # including those made by an earlier (interrupted) run
+            atomic_torch_save({"images": torch.cat(images), "labels": torch.cat(labels),
+                               "objective_first_sum": j_sums["first"], "objective_last_sum": j_sums["last"],
+                               "objective_steps": rp.steps}, path)
+            j_sums = {"first": 0.0, "last": 0.0}
     elapsed = time.perf_counter() - t0
     distributed.barrier()
     if not w.main:
         return {}
+    write_controls(out, name, sampler, ctx, seeds, rp, controls or ControlParams(), chash, device, amp)
     grid = write_grid(out, sampler.conditional, ctx.num_classes)
+    first, last, counted = _objective_sums(out)
     stats = {
         "sampler": name, "formula": sampler.formula, "n": rp.n, "shards": n_shards,
         "conditional": sampler.conditional, "generated_now": generated,
         "samples_per_second": round(generated / elapsed, 2) if generated else None,
-        "objective_first_step_mean": round(sum(j_first) / len(j_first), 4) if j_first else None,
-        "objective_last_step_mean": round(sum(j_last) / len(j_last), 4) if j_last else None,
+        "objective_first_step_mean": round(first / counted, 4) if counted and rp.steps else None,
+        "objective_last_step_mean": round(last / counted, 4) if counted and rp.steps else None,
         "config_hash": chash, "model_run_id": blob.get("mlflow_run_id", ""),
         "mlflow_run_id": run.run_id if run else "",
     }
@@ -160,6 +157,51 @@ def run_sampling(name: str, rp: ResolvedSamplerParams, model_path: Path, data_di
         run.log_artifact(grid)
         run.log_artifact(out / "meta.json")
     return stats
+
+
+def _objective_sums(folder: Path) -> tuple[float, float, int]:
+    """Objective at the first and last step summed over every shard of the folder, and the count."""
+    first = last = 0.0
+    count = 0
+    for path in shard_paths(folder):
+        blob = load_sample_file(path)
+        first += float(blob.get("objective_first_sum", 0.0))
+        last += float(blob.get("objective_last_sum", 0.0))
+        count += len(blob["labels"])
+    return first, last, count
+
+
+# ----------------------------------------------------------------------------- control rows
+def write_controls(out: Path, name: str, sampler, ctx, seeds, rp: ResolvedSamplerParams, controls: ControlParams,
+                   chash: str, device, amp: bool = False) -> Path:
+    """The control rows of science.md §6: the seeds of the first `controls.n` samples, untouched and
+    after `controls.steps` sampler steps, drawn exactly as the run drew them (same batch generators).
+    Written by the sample stage so that scoring is a pure function of files."""
+    path = out / CONTROLS_FILE
+    ident = f"{chash}-{controls.n}-{controls.steps}"
+    if path.exists():
+        try:
+            if torch.load(path, weights_only=True).get("ident") == ident:
+                return path
+        except Exception:
+            pass  # unreadable: made again below
+    n_ctrl = min(rp.n, controls.n)
+    per_shard = rp.shard_size // rp.batch_size
+    seeds_u8, stepped_u8, labels = [], [], []
+    start = 0
+    while start < n_ctrl:
+        count = min(rp.batch_size, rp.n - start)
+        b = start // rp.batch_size
+        shard, within = divmod(b, per_shard)
+        x0, xs, lab = generate_batch(sampler, ctx, seeds, start, count, shard * per_shard + within,
+                                     steps=controls.steps, device=device, amp=amp)
+        seeds_u8.append(to_uint8(x0))
+        stepped_u8.append(to_uint8(xs))
+        labels.append(lab)
+        start += count
+    atomic_torch_save({"seeds": torch.cat(seeds_u8)[:n_ctrl], "stepped": torch.cat(stepped_u8)[:n_ctrl],
+                       "labels": torch.cat(labels)[:n_ctrl], "steps": controls.steps, "ident": ident}, path)
+    return path
 
 
 def write_grid(folder: Path, conditional: bool, num_classes: int, per_row: int = 10) -> Path:

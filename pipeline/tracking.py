@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
@@ -33,13 +34,42 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
 
 def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    # An unreachable server must fail within seconds, not after MLflow's ~4 minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "8")
     for name in ("alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # it logs a full traceback before re-raising; we report the raised error in one line instead
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", module="mlflow")
 
 
+class TrackingError(CemError):
+    """The MLflow store failed (unreachable, read-only, full...): one line, never a traceback."""
+
+
+def _store_error(exc: Exception, doing: str) -> TrackingError:
+    import mlflow
+    root = exc  # the innermost cause says what happened (e.g. sqlite3's "attempt to write a readonly database")
+    while (root.__cause__ or root.__context__) is not None and root is not (root.__cause__ or root.__context__):
+        root = root.__cause__ or root.__context__
+    first = (str(root).strip().splitlines() or [""])[0][:200]
+    return TrackingError(f"MLflow tracking store {mlflow.get_tracking_uri()} failed while {doing}: "
+                         f"{root.__class__.__name__}: {first} (check MLFLOW_TRACKING_URI / the store's permissions)")
+
+
+@contextmanager
+def _store(doing: str):
+    try:
+        yield
+    except CemError:
+        raise
+    except Exception as exc:  # MlflowException, sqlalchemy/sqlite, requests, OSError: all one line
+        raise _store_error(exc, doing) from None
+
+
 class StageRun:
-    """Thin wrapper so stages never touch the MLflow API directly."""
+    """Thin wrapper so stages never touch the MLflow API directly; store failures become one line."""
 
     def __init__(self, run):
         self._run = run
@@ -49,15 +79,44 @@ class StageRun:
         import mlflow
         clean = {k: float(v) for k, v in metrics.items() if v is not None}
         if clean:
-            mlflow.log_metrics(clean, step=step)
+            with _store("logging metrics"):
+                mlflow.log_metrics(clean, step=step)
 
     def log_artifact(self, path, artifact_path: Optional[str] = None) -> None:
         import mlflow
-        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        with _store(f"storing {path}"):
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         import mlflow
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        with _store("setting tags"):
+            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def end_stale_runs(experiment_id: str, stage: str) -> list[str]:
+    """Runs of this stage left RUNNING by a process of this host that no longer exists (SIGKILL,
+    SIGTERM, power loss) are marked KILLED, so the MLflow UI does not show them running forever."""
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient()
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`cem.stage` = '{stage}' and "
+                              "attributes.status = 'RUNNING'", max_results=100)
+    ended = []
+    for r in runs:
+        host, pid = r.data.tags.get("cem.host"), r.data.tags.get("cem.pid", "")
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            client.set_terminated(r.info.run_id, "KILLED")
+            ended.append(r.info.run_id)
+    return ended
 
 
 @contextmanager
@@ -71,18 +130,30 @@ def stage_run(experiment: str, stage: str, params: Any, upstream: Optional[dict[
         return
     _quiet_mlflow()
     import mlflow
-    try:
-        mlflow.set_experiment(experiment)
-    except Exception as exc:
-        uri = mlflow.get_tracking_uri()
-        raise CemError(f"cannot reach the MLflow tracking store at {uri} ({exc.__class__.__name__}); "
-                       "check MLFLOW_TRACKING_URI") from None
-    all_tags = {"cem.stage": stage}
+    _quiet_mlflow()  # again: importing mlflow resets its loggers to INFO
+    from .progress import log
+    with _store("opening the experiment"):
+        exp = mlflow.set_experiment(experiment)
+        for run_id in end_stale_runs(exp.experiment_id, stage):
+            log(f"{stage}: MLflow run {run_id} was left RUNNING by a process that no longer exists: marked KILLED")
+    all_tags = {"cem.stage": stage, "cem.host": socket.gethostname(), "cem.pid": str(os.getpid())}
     all_tags.update({f"upstream.{k}": v for k, v in (upstream or {}).items() if v})
     all_tags.update(tags or {})
-    with mlflow.start_run(run_name=stage, tags=all_tags, log_system_metrics=False) as run:
-        flat = flatten(params)
-        items = list(flat.items())
-        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            mlflow.log_params(dict(items[i:i + 100]))
-        yield StageRun(run)
+    with _store("starting a run"):
+        active = mlflow.start_run(run_name=stage, tags=all_tags, log_system_metrics=False)
+    status = "FAILED"
+    try:
+        with _store("logging params"):
+            items = list(flatten(params).items())
+            for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                mlflow.log_params(dict(items[i:i + 100]))
+        yield StageRun(active)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        try:
+            mlflow.end_run(status)
+        except Exception:
+            pass  # the store is what failed: the stage's own error is the one to report

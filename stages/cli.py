@@ -1,9 +1,16 @@
 """The `cem` command: one subcommand per DVC stage."""
 from __future__ import annotations
 
-import typer
+import os
 
-from . import prepare, profile, report, sample, score, train
+# No file the pipeline reads may run code, including loads made for us inside libraries
+# (torch-fidelity calls torch.load(weights_only=False)): torch then reads plain tensors only.
+os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+
+import typer  # noqa: E402
+
+from . import check_inception, prepare, profile, reference_stats, report, sample, score, train  # noqa: E402
 
 app = typer.Typer(
     name="cem",
@@ -15,7 +22,9 @@ app = typer.Typer(
 app.command("prepare")(prepare.prepare)
 app.add_typer(train.app, name="train")
 app.command("sample")(sample.sample)
+app.command("reference-stats")(reference_stats.reference_stats)
 app.command("score")(score.score)
+app.command("check-inception")(check_inception.check_inception)
 app.command("report")(report.report)
 app.command("profile")(profile.profile)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -26,10 +27,15 @@ def load(params_path: Path, overrides: Optional[list[str]], extra: Optional[dict
     return load_params(params_path, sets)
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
 def user_errors(fn):
     """A CemError becomes `error: <one line>` on stderr and its exit code, with no traceback."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends like Ctrl-C: outputs stay whole, run KILLED
         try:
             return fn(*args, **kwargs)
         except CemError as exc:

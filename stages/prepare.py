@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline import data
+from pipeline.locks import exclusive
 from pipeline.progress import log
 from pipeline.tracking import stage_run
 
@@ -24,9 +25,10 @@ def prepare(
     """Read CIFAR-10 and write dataset.pt, seeds.pt and manifest.json."""
     p = load(params, overrides, {"data.source": source, "data.out_dir": out_dir})
     d = p.data
-    with stage_run(p.experiment, "prepare", d) as run:
-        manifest = data.prepare(d.source, d.download_dir, d.out_dir, d.train_per_class, d.test_per_class,
-                                d.cov_ridge, d.seed, run_id=run.run_id)
+    ds, seeds = data.load_and_fit(d.source, d.download_dir, d.train_per_class, d.test_per_class, d.cov_ridge, d.seed)
+    with exclusive(d.out_dir, "prepare"), stage_run(p.experiment, "prepare", d) as run:
+        manifest = data.write_prepared(ds, seeds, d.source, d.out_dir, d.train_per_class, d.test_per_class, d.seed,
+                                       run_id=run.run_id)
         run.log_metrics({"n_train": manifest["n_train"], "n_test": manifest["n_test"]})
         run.log_artifact(Path(d.out_dir) / "manifest.json")
         run.set_tags({"data.sha256": manifest["sha256"]["dataset.pt"]})

@@ -10,12 +10,13 @@ import typer
 from pipeline import data as data_mod
 from pipeline.errors import CemError
 from pipeline.params import SAMPLER_NAMES
+from pipeline.locks import exclusive
 from pipeline.progress import log
 from pipeline.samplers import SAMPLERS
 from pipeline.checkpoints import load_model_file
 from pipeline.sampling import model_path_for, run_sampling
 from pipeline.tracking import stage_run
-from pipeline.train import setup_runtime
+from pipeline.runtime import setup_runtime
 
 from .common import Overrides, ParamsPath, load, user_errors
 
@@ -36,10 +37,12 @@ def sample(
     device = setup_runtime(p.sample.runtime)
     manifest = data_mod.read_manifest(p.data.out_dir)
     model_run = load_model_file(model_path).get("mlflow_run_id", "")  # also: a clear error before any run opens
-    with stage_run(p.experiment, f"sample_{name}", rp,
+    with exclusive(Path(p.sample.out_dir) / name, f"sample {name}"), \
+            stage_run(p.experiment, f"sample_{name}", rp,
                    upstream={"prepare": manifest.get("mlflow_run_id", ""), "model": model_run},
                    tags={"sampler": name}) as run:
-        stats = run_sampling(name, rp, model_path, p.data.out_dir, Path(p.sample.out_dir) / name, device, run)
+        stats = run_sampling(name, rp, model_path, p.data.out_dir, Path(p.sample.out_dir) / name, device,
+                             p.sample.controls, run, p.sample.runtime)
     if not stats:  # ranks other than 0 under torchrun report nothing
         return
     log(f"sample {name}: " + json.dumps({k: stats[k] for k in ("n", "samples_per_second",

@@ -1,4 +1,5 @@
-"""`cem score NAME`: IS/FID/KID (+ target accuracy, diversity, control rows) of one sampler."""
+"""`cem score NAME`: IS/FID/KID (+ target accuracy, diversity) of one sampler's samples and control rows,
+against the reference statistics of `cem reference-stats`."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ from pipeline.params import SAMPLER_NAMES
 from pipeline.progress import log
 from pipeline.scoring import score_samples
 from pipeline.tracking import stage_run
-from pipeline.train import setup_runtime
+from pipeline.runtime import setup_runtime
 
 from .common import Overrides, ParamsPath, load, user_errors
 
@@ -39,6 +40,7 @@ def score(
         out = Path(p.score.out_dir) / f"{name}.json"
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         run.log_artifact(out)
-    c = result["classifier"]
-    log(f"score {name}: classifier IS={c['is']:.2f} FID={c['fid']:.2f} KID={c['kid']:.4f}"
-        + (f" target_acc={c['target_acc']:.1f}%" if "target_acc" in c else ""))
+    for space, row in result["samples"].items():
+        if isinstance(row, dict):
+            log(f"score {name}: {space} " + " ".join(f"{k}={row[k]:.4g}" for k in ("is", "fid", "kid", "target_acc")
+                                                      if isinstance(row.get(k), (int, float))))

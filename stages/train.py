@@ -9,7 +9,9 @@ import typer
 
 from pipeline import data as data_mod
 from pipeline import train as trainer
+from pipeline.locks import exclusive
 from pipeline.progress import log
+from pipeline.runtime import setup_runtime
 from pipeline.tracking import stage_run
 
 from .common import Overrides, ParamsPath, load, user_errors
@@ -29,8 +31,11 @@ def _run(section: str, params: Path, overrides, epochs, resume, restart):
     data_hash = manifest.get("sha256", {}).get("dataset.pt", "")
     stage = {"train_sup": "train_supervised", "train_ref": "train_reference",
              "train_unsup": "train_unsupervised"}[section]
-    with stage_run(p.experiment, stage, sec, upstream={"prepare": manifest.get("mlflow_run_id", "")},
-                   tags={"data.sha256": data_hash}) as run:
+    setup_runtime(sec.runtime)  # a missing CUDA device is an error before any MLflow run opens
+    trainer.check_fits(sec, len(ds.train.labels), section)
+    with exclusive(sec.out_dir, stage), \
+            stage_run(p.experiment, stage, sec, upstream={"prepare": manifest.get("mlflow_run_id", "")},
+                      tags={"data.sha256": data_hash}) as run:
         fn = trainer.train_unsupervised if section == "train_unsup" else trainer.train_supervised
         metrics = fn(sec, ds, run, stage, section, Path(p.metrics_dir), resume=resume, restart=restart,
                      data_hash=data_hash)

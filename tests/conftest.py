@@ -77,7 +77,7 @@ def tiny_params(tmp: Path, source: Path | str, **sections) -> dict:
         "optim": {"epochs": 2.0, "batch_size": 50, "lr": 0.05, "schedule": "triangle"},
         "eval": {"test_per_class": 5, "attack_steps": 3, "every_steps": 2, "epoch_per_class": 2,
                  "epoch_attack_steps": 2, "batch_size": 100},
-        "runtime": {"threads": 1},
+        "runtime": {"threads": 1, "amp": False},  # fp32 on every CPU kind (tests/test_runtime.py covers bf16)
     }
     raw = {
         "experiment": "tests",
@@ -91,12 +91,13 @@ def tiny_params(tmp: Path, source: Path | str, **sections) -> dict:
                       "attack": {"eps": 0.0, "steps": 0}},
         "train_unsup": {**train_common, "out_dir": str(tmp / "unsup"),
                         "probe": {"epochs": 2, "train_per_class": 10}},
-        "sample": {"out_dir": str(tmp / "samples"),
+        "sample": {"out_dir": str(tmp / "samples"), "runtime": {"amp": False},
                    "defaults": {"n": 20, "batch_size": 10, "shard_size": 10, "steps": 3, "step_size": 0.5,
                                 "eps": 30.0, "noise_std": 0.0, "lam": 1.0, "beta": 1.0, "bank_size": 100,
-                                "tau": 0.5, "condition": "labels", "return_best": False, "seed": 0}},
+                                "tau": 0.5, "condition": "labels", "seed": 0},
+                   "controls": {"n": 10, "steps": 2}},
         "score": {"out_dir": str(tmp / "scores"), "judge": str(tmp / "ref" / "model.pt"),
-                  "kid_subset_size": 10, "control_n": 10, "inception": False},
+                  "reference_dir": str(tmp / "refstats"), "kid_subset_size": 10, "inception": False},
         "report": {"out": str(tmp / "reports" / "results.md")},
     }
     for key, value in sections.items():

@@ -17,7 +17,15 @@ from tests.conftest import ROOT, cem, write_params
 # differences grow (PGD's normalised gradient of a confidently classified image is mostly rounding
 # noise): after 40 steps 1 vs 2 threads alone differ by ~1 in relative L2, so the test compares a
 # short run.
-WEIGHT_RTOL = 1e-4
+#
+# The rounding part depends on the CPU: on an Intel Xeon (AVX-512/AMX) oneDNN picks other kernels for
+# a batch of 25 than for 50, and the same 4-step comparison gave 2.9e-3. So the test does not use a
+# fixed tolerance alone: it also runs the *semantically different* computation (no sync_bn: each rank
+# normalises with its half-batch statistics), which differs by ~1, and requires the matching run to be
+# far closer than that (SEPARATION) and below a loose absolute bound. On AMD EPYC the measured
+# separation is ~1e5; on the Intel machine ~300.
+WEIGHT_RTOL = 1e-2
+SEPARATION = 50
 # Contrastive AT: the NT-Xent of every rank uses the whole global batch (all-gathered embeddings).
 # After 1 step the two runs differ by 5.8e-6; its L-inf PGD takes sign steps, so after 2 steps even
 # 1 vs 2 threads in one process differ by 0.26: the test compares one step.
@@ -66,16 +74,20 @@ def test_two_process_training_and_sampling_match_one_process(prepared, tmp_path)
     b = json.loads((tmp_path / "ddp" / "metrics" / "train_sup.json").read_text())
     assert a["steps"] == b["steps"] == 4  # same global batch, same schedule
     wa = _weights(tmp_path / "single" / "sup" / "model.pt")
-    assert max_relative_difference(wa, _weights(tmp_path / "ddp" / "sup" / "model.pt")) < WEIGHT_RTOL
+    same = max_relative_difference(wa, _weights(tmp_path / "ddp" / "sup" / "model.pt"))
     # without sync_bn each rank's BatchNorm sees its half of the batch: a different computation
     torchrun("train", "supervised", "--params", str(ddp), "--restart")
-    assert max_relative_difference(wa, _weights(tmp_path / "ddp" / "sup" / "model.pt")) > 100 * WEIGHT_RTOL
+    other = max_relative_difference(wa, _weights(tmp_path / "ddp" / "sup" / "model.pt"))
+    assert same < WEIGHT_RTOL and same * SEPARATION < other, (same, other)
 
     # contrastive AT: global negatives (all-gathered embeddings) + sync_bn
     cem("train", "unsupervised", "--params", str(single))
+    wu = _weights(tmp_path / "single" / "unsup" / "model.pt")
     torchrun("train", "unsupervised", "--params", str(ddp), "--set", "train_unsup.runtime.sync_bn=true")
-    assert max_relative_difference(_weights(tmp_path / "single" / "unsup" / "model.pt"),
-                                   _weights(tmp_path / "ddp" / "unsup" / "model.pt")) < WEIGHT_RTOL
+    same = max_relative_difference(wu, _weights(tmp_path / "ddp" / "unsup" / "model.pt"))
+    torchrun("train", "unsupervised", "--params", str(ddp), "--restart")
+    other = max_relative_difference(wu, _weights(tmp_path / "ddp" / "unsup" / "model.pt"))
+    assert same < WEIGHT_RTOL and same * SEPARATION < other, (same, other)
 
     # sampling: shard s is made by rank s mod 2, each batch seeded by its index -> identical bytes
     same_model = f"train_sup.out_dir={tmp_path / 'single' / 'sup'}"

@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.energies import conditional_energy, log_posterior, lse, nt_xent, pair_energy
+from pipeline.energies import conditional_energy, log_posterior, lse, pair_energy
+from pipeline.losses import nt_xent
 
 
 def _model():

@@ -53,7 +53,7 @@ def test_set_override_is_validated(tmp_path):
         load_params(path, ["train_sup.optim.epochs=-1"])
 
 
-@pytest.mark.parametrize("name", ["cpu", "smoke", "paper"])
+@pytest.mark.parametrize("name", ["cpu", "smoke", "paper", "gpu"])
 def test_every_profile_is_valid_and_switchable(tmp_path, name):
     out = tmp_path / "params.yaml"
     cem("profile", name, "--params", str(out), "--profiles-dir", str(ROOT / "profiles"))
@@ -63,6 +63,10 @@ def test_every_profile_is_valid_and_switchable(tmp_path, name):
         assert p.sample.defaults.n == 50000
     if name == "smoke":
         assert p.data.train_per_class == 50
+    if name in ("gpu", "paper"):
+        assert p.score.inception and p.sample.runtime.amp == "auto"  # the paper's metric, bf16 where fast
+    if name == "cpu":
+        assert not p.score.inception  # opt-in on a CPU (~0.1 s per image)
 
 
 def test_committed_params_file_is_valid():

@@ -1,0 +1,55 @@
+"""The sampler registry's facts, one entry per sampler: its name, the model it samples from, whether
+it is conditional, its formula, its defaults beyond `sample.defaults`, its options, and the paper's
+numbers. This is the single list: the params schema (`sample.<name>`), the CLI's choices, the
+report's tables and the check of dvc.yaml's sampler list all derive from it; `pipeline.samplers`
+binds one objective to every entry. Torch-free, so the schema can import it cheaply.
+
+To add a sampler: one `spec(...)` line here and its objective (`@objective("name")`) in samplers.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: str
+    model_kind: str            # "classifier" (supervised AT) or "contrastive" (unsupervised AT)
+    conditional: bool
+    formula: str               # J(x) ascended
+    method: str                # the paper's row label
+    paper_is: Optional[float]  # Wang et al. 2022, CIFAR-10, 50k samples, Inception IS / FID
+    paper_fid: Optional[float]
+    defaults: dict = field(default_factory=dict)
+    """This sampler's values that differ from `sample.defaults` (a reading of science.md)."""
+    best_iterate: bool = False
+    """Accepts `return_best` (return the iterate with the highest objective)."""
+
+    @property
+    def training(self) -> str:
+        return "supervised" if self.model_kind == "classifier" else "unsupervised"
+
+
+SPECS: dict[str, SamplerSpec] = {}
+
+
+def spec(name: str, *args, **kwargs) -> SamplerSpec:
+    if name in SPECS:
+        raise ValueError(f"sampler '{name}' is registered twice")
+    SPECS[name] = SamplerSpec(name, *args, **kwargs)
+    return SPECS[name]
+
+
+# Order = the paper's table order (and the report's).
+spec("ta", "classifier", True, "log p(y|x) = f(x,y) − LSE(x)", "TA", 9.26, 56.72, best_iterate=True)
+spec("langevin", "classifier", True, "f(x,y), with σ·ξ noise (noise_std)", "Langevin", 9.65, 63.34,
+     defaults={"noise_std": 0.01})  # JEM's decoupled noise scale (reading)
+spec("cs", "classifier", True, "f(x,y)", "CS", 9.77, 56.26)
+spec("rcs", "classifier", True, "f(x,y) + λ·log p(y|x)", "RCS", 9.80, 55.91)
+spec("pgd_uncond", "contrastive", False, "log Σ_{b∈B} exp f(x,b)", "PGD", 5.35, 74.27)
+spec("maxent_uncond", "contrastive", False, "log Σ_{b∈B} exp f(x,b) − β·log Σ_{k≠i} exp f(xᵢ,x_k)", "MaxEnt",
+     8.24, 41.80)
+spec("pgd_cond", "contrastive", True, "log Σ_{b∈B_c} exp f(x,b)", "PGD", 5.85, 68.54)
+spec("maxent_cond", "contrastive", True, "log Σ_{b∈B_c} exp f(x,b) − β·log Σ_{k≠i} exp f(xᵢ,x_k)", "MaxEnt",
+     8.68, 36.44)

@@ -1,0 +1,218 @@
+"""Bad input of every kind: one line, a non-zero exit, nothing written, no MLflow run opened.
+(The audit of issue 14, each failure re-run as a test.)"""
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import time
+import zlib
+import struct
+
+import pytest
+from PIL import Image
+
+from tests.conftest import ROOT, cem, tiny_params, write_params
+
+
+def one_line(proc, code=None):
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    assert proc.returncode != 0 and (code is None or proc.returncode == code), proc.stderr
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def _png(w=32, h=32) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (10, 20, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _add(tar, name, data=b"", kind=tarfile.REGTYPE, linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+
+def _archive(tmp_path, extra):
+    """A valid little archive (train/test x two classes) plus the `extra` members."""
+    path = tmp_path / "src.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for split in ("train", "test"):
+            for cls in ("a", "b"):
+                _add(tar, f"d/{split}/{cls}/0.png", _png())
+        extra(tar)
+    return path
+
+
+def _prepare_fails(tmp_path, source):
+    raw = tiny_params(tmp_path, source)
+    db = tmp_path / "mlflow.db"
+    params = write_params(tmp_path, raw)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = cem("prepare", "--params", str(params), check=False, env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"})
+    line = one_line(proc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no data folder, no MLflow store
+    return line
+
+
+def _huge_png_header() -> bytes:
+    """A valid PNG header claiming 40000x40000 pixels (a decompression bomb's signature)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1000)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("case, extra, words", [
+    ("dotdot", lambda t: _add(t, "d/train/a/../../../../evil.png", _png()), "unsafe member"),
+    ("absolute", lambda t: _add(t, "/tmp/train/a/1.png", _png()), "unsafe member"),
+    ("symlinked dir", lambda t: (_add(t, "d/train/c", kind=tarfile.SYMTYPE, linkname="../../etc"),
+                                 _add(t, "d/train/c/1.png", _png())), "lies under the link"),
+    ("huge member", lambda t: _add(t, "d/train/a/big.png", b"\0" * (2 << 20)), "bytes, more than"),
+    ("bomb", lambda t: _add(t, "d/train/a/bomb.png", _huge_png_header()), "bomb.png (DecompressionBombError)"),
+])
+def test_unsafe_archives_are_refused_naming_the_member(tmp_path, case, extra, words):
+    (tmp_path / "src").mkdir()
+    line = _prepare_fails(tmp_path, _archive(tmp_path / "src", extra))
+    assert words in line, line
+
+
+@pytest.mark.parametrize("content", [b"", os.urandom(4096)])
+def test_empty_or_random_source_file_is_one_line(tmp_path, content):
+    src = tmp_path / "src" / "data.tar.gz"
+    src.parent.mkdir()
+    src.write_bytes(content)
+    line = _prepare_fails(tmp_path, src)
+    assert "data.tar.gz" in line
+
+
+def _params(tmp_path, image_folder, **sections):
+    return write_params(tmp_path, tiny_params(tmp_path, image_folder, **sections))
+
+
+def test_set_with_broken_yaml_is_one_line(tmp_path, image_folder):
+    line = one_line(cem("prepare", "--params", str(_params(tmp_path, image_folder)), "--set", "data.seed=[1",
+                        check=False), 2)
+    assert "--set data.seed=[1: not valid YAML" in line
+
+
+def test_params_path_that_is_a_directory_or_not_utf8(tmp_path):
+    assert "is not a file" in one_line(cem("prepare", "--params", str(tmp_path), check=False), 2)
+    bad = tmp_path / "p.yaml"
+    bad.write_bytes(b"data:\n  source: \xff\xfe\n")
+    assert "not UTF-8" in one_line(cem("prepare", "--params", str(bad), check=False), 2)
+
+
+def test_exponent_numbers_are_numbers():
+    from pipeline.params import load_params
+    p = load_params(ROOT / "params.yaml", ["train_sup.optim.lr=1e-3", "data.cov_ridge=1e10"])
+    assert p.train_sup.optim.lr == 1e-3 and p.data.cov_ridge == 1e10
+
+
+def test_attack_with_eps_but_no_steps_is_refused(tmp_path, image_folder):
+    params = _params(tmp_path, image_folder, train_sup={"attack": {"eps": 0.5, "steps": 0}})
+    line = one_line(cem("prepare", "--params", str(params), check=False), 2)
+    assert "train_sup.attack" in line and "steps is 0" in line
+
+
+def test_shard_size_not_a_multiple_of_batch_size_is_a_params_error(tmp_path, image_folder):
+    params = _params(tmp_path, image_folder, sample={"cs": {"shard_size": 15}})
+    line = one_line(cem("prepare", "--params", str(params), check=False), 2)
+    assert "sample.cs: shard_size (15) must be a multiple of batch_size (10)" in line
+
+
+def _runs(db):
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as con:
+        return con.execute("select count(*) from runs").fetchone()[0]
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train_sup.optim.batch_size=5000", "exceeds the 200 prepared training images"),
+    ("train_sup.runtime.device=cuda", "no CUDA device"),
+])
+def test_cross_field_errors_come_before_any_mlflow_run(prepared, tmp_path, override, words):
+    if "cuda" in override:
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    tmp, _ = prepared
+    db = tmp_path / "mlflow.db"
+    proc = cem("train", "supervised", "--params", str(tmp / "params.yaml"), "--set", override, check=False,
+               env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"})
+    assert words in one_line(proc)
+    assert _runs(db) == 0
+
+
+def test_unreachable_mlflow_server_fails_fast_with_one_line(prepared):
+    tmp, _ = prepared
+    t0 = time.perf_counter()
+    proc = cem("train", "reference", "--params", str(tmp / "params.yaml"), check=False,
+               env={"MLFLOW_TRACKING_URI": "http://10.255.255.1:5000"})  # unroutable: no answer at all
+    elapsed = time.perf_counter() - t0
+    assert "MLflow tracking store http://10.255.255.1:5000 failed" in one_line(proc)
+    assert elapsed < 20, elapsed  # process start-up (~5 s) + the 8 s request timeout, not 4 minutes
+
+
+def test_read_only_store_is_one_line(prepared, tmp_path):
+    tmp, _ = prepared
+    db = tmp_path / "mlflow.db"
+    cem("prepare", "--params", str(tmp / "params.yaml"), env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"})
+    before = _runs(db)
+    ro = f"sqlite:///file:{db}?mode=ro&uri=true"  # read-only even for root (chmod is not)
+    line = one_line(cem("prepare", "--params", str(tmp / "params.yaml"), check=False,
+                        env={"MLFLOW_TRACKING_URI": ro}))
+    assert "MLflow tracking store" in line and "readonly database" in line
+    assert _runs(db) == before
+
+
+def test_runs_killed_by_sigkill_are_marked_when_the_stage_runs_again(prepared, tmp_path):
+    tmp, raw = prepared
+    raw = json.loads(json.dumps(raw))
+    raw["train_ref"]["out_dir"] = str(tmp_path / "ref")
+    raw["train_ref"]["optim"]["epochs"] = 200.0
+    params = write_params(tmp_path, raw)
+    db = tmp_path / "mlflow.db"
+    env = {**os.environ, "CI": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+    proc = subprocess.Popen([sys.executable, "-m", "stages.cli", "train", "reference", "--params", str(params)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and _runs(db) == 0:
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.kill()
+    proc.wait()
+    with sqlite3.connect(db) as con:
+        assert con.execute("select status from runs").fetchall() == [("RUNNING",)]
+    cem("train", "reference", "--params", str(params), "--set", "train_ref.optim.epochs=1", "--restart",
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"})
+    with sqlite3.connect(db) as con:
+        assert sorted(s for (s,) in con.execute("select status from runs")) == ["FINISHED", "KILLED"]
+
+
+def test_a_second_training_on_the_same_out_dir_refuses(prepared, tmp_path):
+    tmp, raw = prepared
+    raw = json.loads(json.dumps(raw))
+    raw["train_ref"]["out_dir"] = str(tmp_path / "ref")
+    raw["train_ref"]["optim"]["epochs"] = 200.0
+    params = write_params(tmp_path, raw)
+    env = {**os.environ, "CI": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    first = subprocess.Popen([sys.executable, "-m", "stages.cli", "train", "reference", "--params", str(params)],
+                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (tmp_path / ".ref.lock").exists():
+            time.sleep(0.2)
+        time.sleep(1)
+        second = cem("train", "reference", "--params", str(params), check=False)
+        assert "another cem process is writing" in one_line(second)
+    finally:
+        first.kill()
+        first.wait()

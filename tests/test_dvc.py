@@ -1,0 +1,76 @@
+"""One fact in one place: dvc.yaml's code deps equal each stage's import closure, its sampler list
+equals the registry, the registry refuses duplicates, the default profile is params.yaml."""
+import importlib
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipeline.params import SAMPLER_NAMES, Params, load_params
+from pipeline.sampler_specs import SPECS, spec
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import dvc_deps  # noqa: E402
+
+
+def test_every_stage_lists_exactly_its_import_closure():
+    wrong = dvc_deps.check()
+    assert not wrong, "\n".join(f"{k}: must list {w}, lists {h}" for k, (w, h) in wrong.items())
+
+
+def test_the_check_can_fail(tmp_path):
+    text = (ROOT / "dvc.yaml").read_text().replace("      - pipeline/params.py\n", "", 1)
+    (tmp_path / "dvc.yaml").write_text(text)
+    assert "prepare" in dvc_deps.check(tmp_path / "dvc.yaml")
+
+
+def test_an_edit_reruns_exactly_the_stages_that_import_it():
+    """The issue's measurements, as properties of the closures."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    users = lambda f: {n for n, s in stages.items() if f in s.get("do", s).get("deps", [])}  # noqa: E731
+    assert users("pipeline/energies.py") == {"sample"}  # the samplers, no training stage
+    assert users("pipeline/params.py") == set(stages)
+    assert users("stages/sample.py") == {"sample"} and users("stages/score.py") == {"score"}
+    assert users("pipeline/losses.py") == {"train_sup", "train_ref", "train_unsup"}
+    assert users("pipeline/inception.py") == {"reference_stats", "score"}
+
+
+def test_dvc_sampler_list_is_the_registry():
+    samplers = yaml.safe_load((ROOT / "dvc.yaml").read_text())["vars"][0]["samplers"]
+    assert list(samplers) == list(SPECS)
+    for name, item in samplers.items():
+        want = "models/sup" if SPECS[name].model_kind == "classifier" else "models/unsup"
+        assert item["model"] == want, name
+
+
+def test_registry_refuses_duplicates_and_objectives_match():
+    with pytest.raises(ValueError, match="registered twice"):
+        spec("ta", "classifier", True, "", "TA", None, None)
+    samplers = importlib.import_module("pipeline.samplers")
+    assert list(samplers.SAMPLERS) == list(SPECS) == list(SAMPLER_NAMES)
+    with pytest.raises(ValueError, match="two objectives"):
+        samplers.objective("ta")(lambda ctx, y: None)
+
+
+def test_schema_sections_and_defaults_come_from_the_registry():
+    p = Params()
+    assert p.sample.resolved("langevin").noise_std == SPECS["langevin"].defaults["noise_std"]
+    assert all(hasattr(p.sample, name) for name in SPECS)
+    with pytest.raises(Exception, match="return_best: only for ta"):
+        load_params(ROOT / "params.yaml", ["sample.cs.return_best=true"])
+
+
+def test_params_yaml_is_the_cpu_profile_and_agrees_with_the_schema_defaults():
+    assert (ROOT / "params.yaml").read_text() == (ROOT / "profiles" / "cpu.yaml").read_text()
+    p, d = load_params(ROOT / "params.yaml"), Params()
+    assert p.sample.defaults == d.sample.defaults and p.sample.controls == d.sample.controls
+    assert p.score.model_dump() == d.score.model_dump()
+    for name in SPECS:
+        assert p.sample.resolved(name) == d.sample.resolved(name), name
+
+
+def test_the_check_script_runs():
+    out = subprocess.run([sys.executable, "scripts/dvc_deps.py"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and "match the import closures" in out.stdout
