@@ -94,6 +94,12 @@ class EvalParams(Strict):
     epoch_per_class: int = Field(default=20, gt=0)
     epoch_attack_steps: int = Field(default=5, ge=0)
     batch_size: int = Field(default=500, gt=0)
+    final_attack: Literal["pgd", "autoattack"] = "pgd"
+    """`autoattack`: the final evaluation also reports AutoAttack accuracy (standard version: APGD-CE,
+    APGD-T, FAB-T, Square; torchattacks' implementation), with PGD on the same images beside it."""
+    autoattack_per_class: Optional[int] = Field(default=10, gt=0)
+    """AutoAttack's images per class (a stratified subset of the final evaluation set; None: all of it).
+    It costs minutes per 100 images on a CPU (docs/performance.md)."""
 
 
 class OptimParams(Strict):

@@ -66,6 +66,36 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attac
     return out
 
 
+def autoattack_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: EvalAttackParams,
+                        batch_size: int, device: torch.device, channels_last: bool, num_classes: int) -> float:
+    """Robust accuracy (%) under AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square), the
+    field's reported number (RobustBench); torchattacks' implementation (a maintained package, already
+    our cross-check of PGD), seeded, fp32. Our models normalise inside and take [0,1] inputs."""
+    import torchattacks
+    was_training = model.training
+    model.eval()
+    norm = {"l2": "L2", "linf": "Linf"}[attack.norm]
+    aa = torchattacks.AutoAttack(model, norm=norm, eps=attack.eps, version="standard", n_classes=num_classes,
+                                 seed=EVAL_SEED)
+    correct = 0
+    for i in range(0, len(labels), batch_size):
+        x = to_float(images[i:i + batch_size], device, channels_last)
+        y = labels[i:i + batch_size].to(device)
+        correct += (_predict(model, aa(x, y)) == y).sum().item()
+    model.train(was_training)
+    return 100.0 * correct / len(labels)
+
+
+def final_autoattack(model, data: Dataset, final_idx: torch.Tensor, p, device, channels_last, amp) -> dict:
+    """eval.final_attack = autoattack: AutoAttack and PGD-`attack_steps` on the same stratified subset."""
+    sub = final_idx[stratified_indices(data.test.labels[final_idx], p.eval.autoattack_per_class, EVAL_SEED)]
+    x, y = data.test.images[sub], data.test.labels[sub]
+    pgd_same = evaluate(model, x, y, p.eval_attack, p.eval.attack_steps, p.eval.batch_size, device, channels_last, amp)
+    return {"autoattack_acc": autoattack_accuracy(model, x, y, p.eval_attack, p.eval.batch_size, device, channels_last,
+                                                  len(data.classes)),
+            "pgd_acc_on_autoattack_images": pgd_same.get("robust_acc"), "autoattack_images": len(sub)}
+
+
 # ----------------------------------------------------------------------------- supervised
 class SupervisedRecipe:
     """PGD-AT (Madry); with attack.eps = 0 it is standard training (the reference classifier)."""
@@ -118,6 +148,8 @@ class SupervisedRecipe:
                        p.eval.batch_size, self.device, self.cl, self.amp)
         if final:
             res["eval_images"] = len(idx)
+            if p.eval.final_attack == "autoattack" and p.eval_attack.eps > 0 and steps > 0:
+                res.update(final_autoattack(self.model, self.data, idx, p, self.device, self.cl, self.amp))
         return res
 
     def model_blob(self, run_id: str, params_hash: str) -> dict:
@@ -205,6 +237,8 @@ class ContrastiveRecipe:
         steps = p.eval.attack_steps if final else p.eval.epoch_attack_steps
         res = evaluate(probe, data.test.images[idx], data.test.labels[idx], p.eval_attack, steps,
                        p.eval.batch_size, self.device, self.cl, self.amp)
+        if final and p.eval.final_attack == "autoattack" and p.eval_attack.eps > 0 and steps > 0:
+            res.update(final_autoattack(probe, data, idx, p, self.device, self.cl, self.amp))
         res = {f"probe_{k}": v for k, v in res.items()}
         if final:
             res["eval_images"] = len(idx)

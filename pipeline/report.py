@@ -81,18 +81,23 @@ def plot_scores(scores: dict[str, dict], path: Path) -> None:
 
 
 def model_rows(model_metrics: dict[str, Path]) -> list[str]:
-    lines = ["| model | clean acc (%) | robust acc (%) | attack | eval images | train s | img/s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | clean acc (%) | robust acc (%) | attack | eval images | AutoAttack acc (%) (PGD on the same images) "
+             "| train s | img/s |", "|---|---|---|---|---|---|---|---|"]
     for label, path in model_metrics.items():
         path = Path(path)
         if not path.exists():
-            lines.append(f"| {label} | not trained | | | | | |")
+            lines.append(f"| {label} | not trained | | | | | | |")
             continue
         m = json.loads(path.read_text())
         clean = m.get("clean_acc", m.get("probe_clean_acc"))
         robust = m.get("robust_acc", m.get("probe_robust_acc"))
+        aa = m.get("autoattack_acc", m.get("probe_autoattack_acc"))
+        aa_txt = "not run (eval.final_attack: pgd)" if aa is None else (
+            f"{_f(aa)} ({_f(m.get('pgd_acc_on_autoattack_images', m.get('probe_pgd_acc_on_autoattack_images')))}) "
+            f"on {m.get('autoattack_images', m.get('probe_autoattack_images'))} images")
         lines.append(f"| {label} | {_f(clean)} | {_f(robust)} | {m.get('eval_attack', '')} | "
-                     f"{m.get('eval_images', '')} | {m.get('train_seconds', '')} | {m.get('images_per_second', '')} |")
+                     f"{m.get('eval_images', '')} | {aa_txt} | {m.get('train_seconds', '')} | "
+                     f"{m.get('images_per_second', '')} |")
     return lines
 
 

@@ -131,12 +131,12 @@ def stage_run(experiment: str, stage: str, params: Any, upstream: Optional[dict[
     _quiet_mlflow()
     import mlflow
     _quiet_mlflow()  # again: importing mlflow resets its loggers to INFO
-    from .progress import log
     with _store("opening the experiment"):
         exp = mlflow.set_experiment(experiment)
-        for run_id in end_stale_runs(exp.experiment_id, stage):
-            log(f"{stage}: MLflow run {run_id} was left RUNNING by a process that no longer exists: marked KILLED")
+        stale = end_stale_runs(exp.experiment_id, stage)
     all_tags = {"cem.stage": stage, "cem.host": socket.gethostname(), "cem.pid": str(os.getpid())}
+    if stale:  # recorded on the new run (a stderr line would mix with a stage's one-line errors)
+        all_tags["cem.marked_killed"] = ",".join(stale)
     all_tags.update({f"upstream.{k}": v for k, v in (upstream or {}).items() if v})
     all_tags.update(tags or {})
     with _store("starting a run"):

@@ -67,3 +67,34 @@ def test_frozen_restores_requires_grad():
     with frozen(m):
         assert not any(p.requires_grad for p in m.parameters())
     assert m.weight.requires_grad and not m.bias.requires_grad
+
+
+def test_autoattack_is_at_least_as_strong_as_pgd20_on_the_same_images(trained):
+    """eval.final_attack = autoattack: AutoAttack (standard) accuracy ≤ PGD-20 accuracy, same images."""
+    from pipeline.checkpoints import build_trained_model, load_model_file
+    from pipeline.data import load_dataset
+    from pipeline.params import EvalAttackParams
+    from pipeline.recipes import autoattack_accuracy, evaluate
+    tmp, _ = trained
+    model = build_trained_model(load_model_file(tmp / "sup" / "model.pt"))
+    ds = load_dataset(tmp / "data")
+    x, y = ds.test.images[:30], ds.test.labels[:30]
+    attack = EvalAttackParams(norm="l2", eps=6.0)  # the synthetic classes are colours far apart: a large ball
+    pgd20 = evaluate(model, x, y, attack, 20, 30, torch.device("cpu"), False)["robust_acc"]
+    aa = autoattack_accuracy(model, x, y, attack, 30, torch.device("cpu"), False, 10)
+    assert aa <= pgd20, (aa, pgd20)
+    assert aa < evaluate(model, x, y, attack, 0, 30, torch.device("cpu"), False)["clean_acc"]  # it attacks at all
+
+
+def test_final_autoattack_reports_both_numbers_on_one_subset(trained):
+    import json as _json
+    from pipeline.data import load_dataset
+    from pipeline.params import parse_params
+    from pipeline.recipes import SupervisedRecipe
+    tmp, raw = trained
+    raw = _json.loads(_json.dumps(raw))
+    raw["train_sup"]["eval"].update({"final_attack": "autoattack", "autoattack_per_class": 1})
+    p = parse_params(raw).train_sup
+    recipe = SupervisedRecipe(p, load_dataset(tmp / "data"), torch.device("cpu"))
+    res = recipe.evaluate(True)
+    assert res["autoattack_images"] == 10 and res["autoattack_acc"] <= res["pgd_acc_on_autoattack_images"]
