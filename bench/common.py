@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import contextmanager
 from typing import Callable, Sequence
 
 import torch
@@ -53,6 +54,18 @@ def hardware() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+@contextmanager
+def thread_count(threads: int | None):
+    """Run a step with `threads` torch threads (None: leave as is), then restore."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def our_at_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, eps: float,
                 steps: int, alpha: float, *, channels_last: bool = True, freeze: bool = True,
                 batched_augment: bool = True, threads: int | None = None, compile_model: bool = False,
@@ -82,10 +95,7 @@ def our_at_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
         return go()
 
     def step():
-        previous = torch.get_num_threads()
-        if threads:
-            torch.set_num_threads(threads)
-        try:
+        with thread_count(threads):
             if batched_augment:
                 x = augment.crop_flip(images.float().div_(255).contiguous(memory_format=fmt), gen)
             else:
@@ -97,8 +107,6 @@ def our_at_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        finally:
-            torch.set_num_threads(previous)
 
     return step
 
@@ -117,16 +125,11 @@ def _recipe_step(model, images, labels, norm, eps, steps, alpha, threads, seed) 
     rows = slice(None)
 
     def step():
-        previous = torch.get_num_threads()
-        if threads:
-            torch.set_num_threads(threads)
-        try:
+        with thread_count(threads):
             loss, _ = recipe.train_step(images, labels, gen, rows)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        finally:
-            torch.set_num_threads(previous)
 
     return step
 

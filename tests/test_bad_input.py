@@ -173,8 +173,9 @@ def test_read_only_store_is_one_line(prepared, tmp_path):
     assert _runs(db) == before
 
 
-def test_runs_killed_by_sigkill_are_marked_when_the_stage_runs_again(prepared, tmp_path):
-    tmp, raw = prepared
+def _long_training(prepared, tmp_path):
+    """A `cem train reference` that runs for minutes, in the background: (process, params path, db)."""
+    _, raw = prepared
     raw = json.loads(json.dumps(raw))
     raw["train_ref"]["out_dir"] = str(tmp_path / "ref")
     raw["train_ref"]["optim"]["epochs"] = 200.0
@@ -183,6 +184,11 @@ def test_runs_killed_by_sigkill_are_marked_when_the_stage_runs_again(prepared, t
     env = {**os.environ, "CI": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
     proc = subprocess.Popen([sys.executable, "-m", "stages.cli", "train", "reference", "--params", str(params)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, params, db
+
+
+def test_runs_killed_by_sigkill_are_marked_when_the_stage_runs_again(prepared, tmp_path):
+    proc, params, db = _long_training(prepared, tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline and _runs(db) == 0:
         time.sleep(0.5)
@@ -198,14 +204,7 @@ def test_runs_killed_by_sigkill_are_marked_when_the_stage_runs_again(prepared, t
 
 
 def test_a_second_training_on_the_same_out_dir_refuses(prepared, tmp_path):
-    tmp, raw = prepared
-    raw = json.loads(json.dumps(raw))
-    raw["train_ref"]["out_dir"] = str(tmp_path / "ref")
-    raw["train_ref"]["optim"]["epochs"] = 200.0
-    params = write_params(tmp_path, raw)
-    env = {**os.environ, "CI": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    first = subprocess.Popen([sys.executable, "-m", "stages.cli", "train", "reference", "--params", str(params)],
-                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first, params, _ = _long_training(prepared, tmp_path)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not (tmp_path / ".ref.lock").exists():
