@@ -158,7 +158,7 @@ def test_unreachable_mlflow_server_fails_fast_with_one_line(prepared):
                env={"MLFLOW_TRACKING_URI": "http://10.255.255.1:5000"})  # unroutable: no answer at all
     elapsed = time.perf_counter() - t0
     assert "MLflow tracking store http://10.255.255.1:5000 failed" in one_line(proc)
-    assert elapsed < 20, elapsed  # process start-up (~5 s) + the 8 s request timeout, not 4 minutes
+    assert elapsed < 15, elapsed  # process start-up + the 5 s request timeout, not 4 minutes
 
 
 def test_read_only_store_is_one_line(prepared, tmp_path):
@@ -178,6 +178,7 @@ def _long_training(prepared, tmp_path):
     _, raw = prepared
     raw = json.loads(json.dumps(raw))
     raw["train_ref"]["out_dir"] = str(tmp_path / "ref")
+    raw["metrics_dir"] = str(tmp_path / "metrics")  # never the shared fixture's metrics
     raw["train_ref"]["optim"]["epochs"] = 200.0
     params = write_params(tmp_path, raw)
     db = tmp_path / "mlflow.db"

@@ -123,8 +123,13 @@ def test_interrupted_sampling_resumes_byte_identical(trained, tmp_path):
     (tmp_path / "cut" / "shard-00001.pt").unlink()  # as if killed before the second shard was written
     again = run_sampling("maxent_cond", rp, model, str(tmp / "data"), tmp_path / "cut", torch.device("cpu"))
     assert again["generated_now"] == 10
-    for name in ("shard-00000.pt", "shard-00001.pt"):
+    for name in ("shard-00000.pt", "shard-00001.pt", "controls.pt"):
         assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "cut" / name).read_bytes()
+    # meta.json of the resumed run describes every shard, not only the one it made
+    meta_full = json.loads((tmp_path / "full" / "meta.json").read_text())
+    meta_cut = json.loads((tmp_path / "cut" / "meta.json").read_text())
+    for key in ("n", "shards", "objective_first_step_mean", "objective_last_step_mean", "config_hash"):
+        assert meta_full[key] == meta_cut[key], key
 
 
 def test_shards_from_other_params_are_discarded(trained, tmp_path):
