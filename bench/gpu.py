@@ -8,7 +8,9 @@ and `samplers.generate_batch` (bf16 autocast where `runtime.amp: auto` picks it)
     python -m bench.gpu --tiny                # CPU, tiny shapes: checks the script runs (tests/test_bench.py)
 
 Cases: ResNet-50 PGD-7 AT (bs 128 and 512), ResNet-18 PGD-3 AT (bs 512), contrastive AT ResNet-18
-(bs 512, PGD-5 L∞ on both views), and each sampler on ResNet-50 and ResNet-18 (60 steps, bs 2000).
+(bs 512, PGD-5 L∞ on both views), standard training (the judge) of both, and each sampler on
+ResNet-50 and ResNet-18 (60 steps, bs 2000). `--out docs/gpu_throughput.json` feeds the GPU time
+estimate that `cem profile gpu|paper` prints.
 """
 from __future__ import annotations
 
@@ -99,7 +101,8 @@ def at_case(arch: str, steps: int, bs: int, device, runtime: dict, tiny: bool) -
     data = synthetic(bs, device)
     p = SupervisedParams.model_validate({
         "arch": {"name": arch, **({"widths": [8, 16, 32]} if arch == "airbench" else {})},
-        "attack": {"norm": "l2", "eps": 0.5, "steps": steps}, "eval": {"test_per_class": None, "epoch_per_class": 1},
+        "attack": {"norm": "l2", "eps": 0.5 if steps else 0.0, "steps": steps},
+        "eval": {"test_per_class": None, "epoch_per_class": 1},
         "runtime": runtime})
     recipe = SupervisedRecipe(p, data, device)
     opt = torch.optim.SGD(recipe.model.parameters(), lr=0.01, momentum=0.9)
@@ -113,7 +116,8 @@ def at_case(arch: str, steps: int, bs: int, device, runtime: dict, tiny: bool) -
         opt.step()
     x = data.train.images.to(device).float().div(255).contiguous(memory_format=torch.channels_last)
     flops = attack_like_flops(recipe.model, x, steps, True)
-    return Case(f"{arch} PGD-{steps} AT, bs {bs}", step, bs, flops)
+    label = f"{arch} PGD-{steps} AT" if steps > 0 else f"{arch} standard training"  # names gpu_estimate reads
+    return Case(f"{label}, bs {bs}", step, bs, flops)
 
 
 def contrastive_case(arch: str, steps: int, bs: int, device, runtime: dict) -> Case:
@@ -188,12 +192,14 @@ def main(argv=None):
     names = args.samplers.split(",")
     if args.tiny:
         cases = [at_case("airbench", 1, 8, device, runtime, True), at_case("resnet18", 1, 2, device, runtime, True),
+                 at_case("airbench", 0, 8, device, runtime, True),
                  contrastive_case("airbench", 1, 8, device, runtime)]
         cases += sampler_cases("airbench", 8, 2, device, runtime, names)
         reps, peak_n = 1, 1024  # numbers meaningless at these shapes: a check that every case runs
     else:
         cases = [at_case("resnet50", 7, 128, device, runtime, False), at_case("resnet50", 7, 512, device, runtime, False),
-                 at_case("resnet18", 3, 512, device, runtime, False), contrastive_case("resnet18", 5, 512, device, runtime)]
+                 at_case("resnet18", 3, 512, device, runtime, False), contrastive_case("resnet18", 5, 512, device, runtime),
+                 at_case("resnet50", 0, 512, device, runtime, False), at_case("resnet18", 0, 512, device, runtime, False)]
         for arch in ("resnet50", "resnet18"):
             cases += sampler_cases(arch, 2000, 60, device, runtime, names)
         reps, peak_n = args.reps, 8192

@@ -138,7 +138,7 @@ class SupervisedRecipe:
                 self.model.train()
             logits = self.trainee(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=p.optim.label_smoothing)
-        return loss, {"train_acc": (logits.argmax(1) == y).float().mean().item() * 100}
+        return loss, {"train_acc": (logits.argmax(1) == y).float().mean().detach() * 100}  # read at log steps
 
     def evaluate(self, final: bool) -> dict:
         p = self.p

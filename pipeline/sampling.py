@@ -118,13 +118,13 @@ def run_sampling(name: str, rp: ResolvedSamplerParams, model_path: Path, data_di
                     break
                 record = {}
 
-                def on_step(t, values, record=record):
-                    record.setdefault("first", values.sum().item())
-                    record["last"] = values.sum().item()
+                def on_step(t, values, record=record):  # kept on the device: no host sync per step
+                    record.setdefault("first", values.sum())
+                    record["last"] = values.sum()
                 _, x, lab = generate_batch(sampler, ctx, seeds, start, count, s * per_shard_batches + b,
                                            device=device, on_step=on_step, amp=amp)
-                j_sums["first"] += record.get("first", 0.0)
-                j_sums["last"] += record.get("last", 0.0)
+                j_sums["first"] += float(record.get("first", 0.0))
+                j_sums["last"] += float(record.get("last", 0.0))
                 images.append(to_uint8(x))
                 labels.append(lab)
                 generated += count

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 import yaml
 
+from pipeline import gpu_estimate
 from pipeline.errors import CemError
 from pipeline.params import apply_overrides, parse_params, read_raw
 from pipeline.progress import log
@@ -34,6 +35,8 @@ def profile(
     overrides: Overrides = None,
     params: Annotated[Path, typer.Option("--params", help="File to write.")] = Path("params.yaml"),
     profiles_dir: Annotated[Path, typer.Option(help="Folder of profiles.")] = Path("profiles"),
+    throughput: Annotated[Path, typer.Option(help="GPU throughputs measured by bench.gpu, for the time estimate.")]
+    = Path("docs/gpu_throughput.json"),
 ):
     """Write params.yaml from a profile: cpu (the default, complete) or an overlay merged onto it
     (smoke, paper), plus --set overrides; validated before anything is written."""
@@ -46,7 +49,7 @@ def profile(
     else:
         raw = deep_merge(read_raw(profiles_dir / f"{BASE}.yaml"), read_raw(src))
     raw = apply_overrides(raw, overrides or [])
-    parse_params(raw, str(src))
+    parsed = parse_params(raw, str(src))
     if name == BASE and not overrides:
         text = src.read_text()
     else:
@@ -57,4 +60,7 @@ def profile(
     tmp = params.with_name(f".{params.name}.tmp")
     tmp.write_text(text)
     tmp.replace(params)
-    log(f"params.yaml is now profile '{name}'" + (f" with {len(overrides)} override(s)" if overrides else ""))
+    log(f"{params} is now profile '{name}'" + (f" with {len(overrides)} override(s)" if overrides else ""))
+    if name != BASE and "smoke" not in name:
+        text = gpu_estimate.summary(parsed, throughput)
+        log(text if text else f"(no GPU time estimate: {throughput} not found; `python -m bench.gpu --out {throughput}`)")

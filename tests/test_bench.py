@@ -24,3 +24,31 @@ def test_bench_at_step_is_the_stage_step():
     x = (torch.rand(16, 3, 32, 32) * 255).to(torch.uint8)
     our_at_step(model, x, torch.arange(16) % 10, "l2", 0.5, 2, 0.6)()
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_profile_time_estimate_uses_measured_rates_only():
+    from pipeline.gpu_estimate import estimate
+    from pipeline.params import parse_params
+    from stages.profile import deep_merge
+    from tests.conftest import ROOT
+    import yaml
+    raw = deep_merge(yaml.safe_load((ROOT / "profiles" / "cpu.yaml").read_text()),
+                     yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text()))
+    p = parse_params(raw)
+    table = {"rows": [{"case": "resnet50 PGD-7 AT, bs 128", "items_per_s": 578},
+                      {"case": "sampler resnet50, 60 steps, bs 2000", "items_per_s": 500},
+                      {"case": "sampler resnet18, 60 steps, bs 2000", "items_per_s": 1000}]}
+    rows = {name: secs for name, secs, _ in estimate(p, table)}
+    assert abs(rows["train_sup"] - 150 * 50_000 / 578) < 1  # 3.6 h, issue 12's figure
+    assert rows["train_ref"] is None and rows["train_unsup"] is None  # unmeasured: unknown, not guessed
+    # four supervised samplers on ResNet-50, four contrastive ones on ResNet-18, 50,000 samples each
+    assert abs(rows["sample (all samplers)"] - (4 * 50_000 / 500 + 4 * 50_000 / 1000)) < 1
+    table["rows"].pop()
+    assert dict((n, s) for n, s, _ in estimate(p, table))["sample (all samplers)"] is None
+
+
+def test_profile_command_prints_the_estimate(tmp_path):
+    from tests.conftest import ROOT, cem
+    out = cem("profile", "paper", "--params", str(tmp_path / "p.yaml"), "--profiles-dir", str(ROOT / "profiles"),
+              "--throughput", str(ROOT / "docs" / "gpu_throughput.json"))
+    assert "estimated GPU time" in out.stderr and "train_sup" in out.stderr
