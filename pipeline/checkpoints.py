@@ -61,6 +61,15 @@ def build_trained_model(blob: dict):
     """Rebuild a network from a model file's architecture record and load its weights."""
     from .models import ContrastiveModel, build_classifier
     from .params import ArchParams
+    if blob["arch"].get("name") == "robustbench":  # a RobustBench zoo network (model_sources)
+        from .model_sources import RobustBenchClassifier
+        model = RobustBenchClassifier(blob["arch"]["model"])
+        try:
+            model.load_state_dict(blob["state_dict"])
+        except RuntimeError as exc:
+            raise CemError(f"model weights do not fit RobustBench's {blob['arch']['model']}: "
+                           f"{str(exc).splitlines()[0]}") from None
+        return model.eval()
     arch = ArchParams(**blob["arch"])
     if blob["kind"] == "contrastive":
         model = ContrastiveModel(arch, blob["proj_dim"])

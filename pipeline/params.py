@@ -135,6 +135,9 @@ class RuntimeParams(Strict):
 
 
 class SupervisedParams(Strict):
+    source: str = "train"
+    """`train` (adversarial training here) or `robustbench:<name>`: a public CIFAR-10 L2 model from
+    RobustBench's zoo instead of training (train_sup only; pipeline/model_sources.py)."""
     seed: int = 0
     arch: ArchParams = Field(default_factory=ArchParams)
     optim: OptimParams = Field(default_factory=OptimParams)
@@ -145,6 +148,13 @@ class SupervisedParams(Strict):
     checkpoint_every: int = Field(default=100, gt=0)
     out_dir: str = "models/sup"
     runtime: RuntimeParams = Field(default_factory=RuntimeParams)
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value):
+        if value != "train" and not (value.startswith("robustbench:") and len(value) > len("robustbench:")):
+            raise ValueError("must be 'train' or 'robustbench:<model name>'")
+        return value
 
     @model_validator(mode="after")
     def _robust_model_gets_a_robust_evaluation(self):
@@ -330,6 +340,12 @@ class Params(Strict):
     sample: SampleParams = Field(default_factory=SampleParams)
     score: ScoreParams = Field(default_factory=ScoreParams)
     report: ReportParams = Field(default_factory=ReportParams)
+
+    @model_validator(mode="after")
+    def _judge_is_trained_here(self):
+        if self.train_ref.source != "train":
+            raise ValueError("train_ref.source must be 'train': the judge needs our features/head split")
+        return self
 
 
 # ----------------------------------------------------------------------------- loading

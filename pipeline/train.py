@@ -242,10 +242,51 @@ def _train(p, recipe, stage: str, section: str, data: Dataset, device, run, resu
 
 def train_supervised(p: SupervisedParams, data: Dataset, run, stage: str, section: str, metrics_dir: Path,
                      resume: Optional[Path] = None, restart: bool = False, data_hash: str = "") -> dict:
-    """PGD-AT (Madry); with attack.eps = 0 it is standard training (the reference classifier)."""
+    """PGD-AT (Madry); with attack.eps = 0 it is standard training (the reference classifier). With
+    `source: robustbench:<name>` a public robust model takes the place of training."""
+    if p.source != "train":
+        return import_supervised(p, data, run, stage, section, metrics_dir)
     device = setup_runtime(p.runtime)
     return _train(p, SupervisedRecipe(p, data, device), stage, section, data, device, run, resume, restart,
                   metrics_dir, data_hash)
+
+
+def import_supervised(p: SupervisedParams, data: Dataset, run, stage: str, section: str, metrics_dir: Path) -> dict:
+    """A RobustBench zoo model as the supervised samplers' classifier, evaluated like a trained one
+    (clean, PGD on eval_attack, AutoAttack when asked) and written to the same outputs, with its
+    origin in the model file and in MLflow (tags source, source.sha256)."""
+    from types import SimpleNamespace
+
+    from . import model_sources
+    from .data import sha256_file, stratified_indices
+    from .recipes import EVAL_SEED, evaluate, final_autoattack
+    device = setup_runtime(p.runtime)
+    name = model_sources.robustbench_name(p.source)
+    if len(data.classes) != 10:
+        raise CemError(f"{stage}: RobustBench CIFAR-10 models need the 10 CIFAR-10 classes, the data has "
+                       f"{len(data.classes)}")
+    t0 = time.perf_counter()
+    model, ckpt = model_sources.load(name, Path(p.out_dir) / "robustbench")
+    model = model.to(device)
+    run.set_tags({"source": p.source, "source.checkpoint": str(ckpt), "source.sha256": sha256_file(ckpt)})
+    idx = stratified_indices(data.test.labels, p.eval.test_per_class, EVAL_SEED)
+    final = evaluate(model, data.test.images[idx], data.test.labels[idx], p.eval_attack, p.eval.attack_steps,
+                     p.eval.batch_size, device, False)
+    final["eval_images"] = len(idx)
+    if p.eval.final_attack == "autoattack" and p.eval_attack.eps > 0 and p.eval.attack_steps > 0:
+        final.update(final_autoattack(model, data, idx, p, device, False, False))
+    blob = {"kind": "classifier", "arch": {"name": "robustbench", "model": name, "threat_model": "L2"},
+            "num_classes": 10, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+            "mlflow_run_id": run.run_id, "params_hash": section_hash(p, exclude=("runtime",)),
+            "classes": data.classes, "source": p.source}
+    spec = SimpleNamespace(out_dir=Path(p.out_dir), metrics_dir=Path(metrics_dir), section=section, stage=stage,
+                           history=[{"step": 0, "epoch": 0.0, **{k: v for k, v in final.items()
+                                                                 if k in ("clean_acc", "robust_acc")}}])
+    result = {"final": final, "total_steps": 0, "train_seconds": time.perf_counter() - t0, "images_per_second": 0.0,
+              "ckpt_path": Path(p.out_dir) / "checkpoints" / "none"}
+    extra = {"eval_attack": f"{p.eval_attack.norm} eps={p.eval_attack.eps:.4g} PGD-{p.eval.attack_steps}",
+             "source": p.source}
+    return write_outputs(spec, result, blob, run, extra)
 
 
 def train_unsupervised(p: UnsupervisedParams, data: Dataset, run, stage: str, section: str, metrics_dir: Path,
