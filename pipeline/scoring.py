@@ -34,6 +34,7 @@ from .progress import log, progress_bar
 KID_REFERENCE_MAX = 10_000
 """Reference features kept for KID (a seeded subset; KID draws subsets of ≤ kid_subset_size anyway)."""
 _JUDGES: dict[str, torch.nn.Module] = {}
+_EXTRACTORS: dict[tuple, torch.nn.Module] = {}
 
 
 class UInt8Images(torch.utils.data.Dataset):
@@ -130,9 +131,13 @@ def extract(space: Space, images: torch.Tensor, batch_size: int, device: torch.d
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
         raise CemError(f"{label}: expected uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
     layers = layers or tuple(dict.fromkeys(l for l in (space.fid_layer, space.isc_layer) if l))
-    fe = create_feature_extractor(space.extractor, list(layers), cuda=device.type == "cuda", verbose=False)
-    if device.type == "cpu":
-        fe = fe.to(memory_format=torch.channels_last)  # measured 1.6x for Inception on the CPU
+    key = (space.extractor, layers, str(device))
+    if key not in _EXTRACTORS:  # built once per process (the Inception one reads and checks 87 MB)
+        fe = create_feature_extractor(space.extractor, list(layers), cuda=device.type == "cuda", verbose=False)
+        if device.type == "cpu":
+            fe = fe.to(memory_format=torch.channels_last)  # measured 1.6x for Inception on the CPU
+        _EXTRACTORS[key] = fe
+    fe = _EXTRACTORS[key]
     out: dict[str, list] = {k: [] for k in layers}
     t0, announced = time.perf_counter(), False
     with progress_bar(f"{label} [{space.name}]", len(images)) as advance, torch.no_grad():
@@ -334,10 +339,11 @@ def score_samples(name: str, p, device: torch.device, run=None) -> dict:
                 if space.isc_layer is None:
                     metrics["is_note"] = "Inception IS unavailable offline (the trunk has no classifier)"
             out.setdefault(row, {})[space.name] = metrics
-        if space.name == "classifier":
-            real = extract(space, ref_images[:len(images)], sp.batch_size, device, "real diversity",
+        if space.name == "classifier":  # the yardstick: as many real images, drawn across all classes
+            pick = torch.randperm(len(ref_images), generator=torch.Generator().manual_seed(sp.seed))[:len(images)]
+            real = extract(space, ref_images[pick], sp.batch_size, device, "real diversity",
                            layers=("features",))["features"]
-            out["real_diversity"] = mean_pairwise_distance(real, ref_labels[:len(images)] if conditional else None)
+            out["real_diversity"] = mean_pairwise_distance(real, ref_labels[pick] if conditional else None)
     if not sp.inception:
         out.setdefault("samples", {})["inception"] = "disabled"
     warnings: list[str] = []
