@@ -67,22 +67,24 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attac
 
 
 def autoattack_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: EvalAttackParams,
-                        batch_size: int, device: torch.device, channels_last: bool, num_classes: int) -> float:
+                        batch_size: int, device: torch.device, num_classes: int) -> float:
     """Robust accuracy (%) under AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square), the
     field's reported number (RobustBench); torchattacks' implementation (a maintained package, already
     our cross-check of PGD), seeded, fp32. Our models normalise inside and take [0,1] inputs."""
+    import copy
+
     import torchattacks
-    was_training = model.training
-    model.eval()
+    # torchattacks' FAB reshapes input gradients with .view(), which fails on channels_last tensors:
+    # attack a contiguous-format copy of the network with contiguous inputs.
+    net = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
     norm = {"l2": "L2", "linf": "Linf"}[attack.norm]
-    aa = torchattacks.AutoAttack(model, norm=norm, eps=attack.eps, version="standard", n_classes=num_classes,
+    aa = torchattacks.AutoAttack(net, norm=norm, eps=attack.eps, version="standard", n_classes=num_classes,
                                  seed=EVAL_SEED)
     correct = 0
     for i in range(0, len(labels), batch_size):
-        x = to_float(images[i:i + batch_size], device, channels_last)
+        x = to_float(images[i:i + batch_size], device, False)
         y = labels[i:i + batch_size].to(device)
-        correct += (_predict(model, aa(x, y)) == y).sum().item()
-    model.train(was_training)
+        correct += (_predict(net, aa(x, y)) == y).sum().item()
     return 100.0 * correct / len(labels)
 
 
@@ -91,7 +93,7 @@ def final_autoattack(model, data: Dataset, final_idx: torch.Tensor, p, device, c
     sub = final_idx[stratified_indices(data.test.labels[final_idx], p.eval.autoattack_per_class, EVAL_SEED)]
     x, y = data.test.images[sub], data.test.labels[sub]
     pgd_same = evaluate(model, x, y, p.eval_attack, p.eval.attack_steps, p.eval.batch_size, device, channels_last, amp)
-    return {"autoattack_acc": autoattack_accuracy(model, x, y, p.eval_attack, p.eval.batch_size, device, channels_last,
+    return {"autoattack_acc": autoattack_accuracy(model, x, y, p.eval_attack, p.eval.batch_size, device,
                                                   len(data.classes)),
             "pgd_acc_on_autoattack_images": pgd_same.get("robust_acc"), "autoattack_images": len(sub)}
 

@@ -81,7 +81,7 @@ def test_autoattack_is_at_least_as_strong_as_pgd20_on_the_same_images(trained):
     x, y = ds.test.images[:30], ds.test.labels[:30]
     attack = EvalAttackParams(norm="l2", eps=6.0)  # the synthetic classes are colours far apart: a large ball
     pgd20 = evaluate(model, x, y, attack, 20, 30, torch.device("cpu"), False)["robust_acc"]
-    aa = autoattack_accuracy(model, x, y, attack, 30, torch.device("cpu"), False, 10)
+    aa = autoattack_accuracy(model, x, y, attack, 30, torch.device("cpu"), 10)
     assert aa <= pgd20, (aa, pgd20)
     assert aa < evaluate(model, x, y, attack, 0, 30, torch.device("cpu"), False)["clean_acc"]  # it attacks at all
 
@@ -98,3 +98,18 @@ def test_final_autoattack_reports_both_numbers_on_one_subset(trained):
     recipe = SupervisedRecipe(p, load_dataset(tmp / "data"), torch.device("cpu"))
     res = recipe.evaluate(True)
     assert res["autoattack_images"] == 10 and res["autoattack_acc"] <= res["pgd_acc_on_autoattack_images"]
+
+
+def test_autoattack_runs_on_a_channels_last_network(trained):
+    """All four attacks run (the tiny model resists a small ball, so FAB-T and Square are reached);
+    torchattacks' FAB used to fail on channels_last gradients."""
+    from pipeline.checkpoints import build_trained_model, load_model_file
+    from pipeline.data import load_dataset
+    from pipeline.params import EvalAttackParams
+    from pipeline.recipes import autoattack_accuracy
+    tmp, _ = trained
+    model = build_trained_model(load_model_file(tmp / "sup" / "model.pt")).to(memory_format=torch.channels_last)
+    ds = load_dataset(tmp / "data")
+    acc = autoattack_accuracy(model, ds.test.images[:10], ds.test.labels[:10], EvalAttackParams(norm="l2", eps=0.3),
+                              10, torch.device("cpu"), 10)
+    assert 0 <= acc <= 100
