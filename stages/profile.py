@@ -31,7 +31,7 @@ def deep_merge(base: dict, overlay: dict) -> dict:
 
 @user_errors
 def profile(
-    name: Annotated[str, typer.Argument(help="Profile name: a file profiles/NAME.yaml (cpu, smoke, paper).")],
+    name: Annotated[str, typer.Argument(help="Profile name: a file profiles/NAME.yaml (cpu, smoke, gpu, paper).")],
     overrides: Overrides = None,
     params: Annotated[Path, typer.Option("--params", help="File to write.")] = Path("params.yaml"),
     profiles_dir: Annotated[Path, typer.Option(help="Folder of profiles.")] = Path("profiles"),
@@ -39,7 +39,8 @@ def profile(
     = Path("docs/gpu_throughput.json"),
 ):
     """Write params.yaml from a profile: cpu (the default, complete) or an overlay merged onto it
-    (smoke, paper), plus --set overrides; validated before anything is written."""
+    (smoke, gpu, paper), plus --set overrides; validated before anything is written. For gpu and paper
+    it also prints the GPU time estimated from measured throughputs."""
     src = profiles_dir / f"{name}.yaml"
     if not src.exists():
         known = ", ".join(sorted(f.stem for f in profiles_dir.glob("*.yaml"))) or "none"
