@@ -171,7 +171,8 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
         return {}
     final = spec.evaluate(True)
     spec.history.append({"step": total, "epoch": round(total / steps_per_epoch, 3), "train_loss": loss.item(),
-                         **{k: v for k, v in final.items() if k in ("clean_acc", "robust_acc")}})
+                         **{k: v for k, v in final.items()
+                            if k in ("clean_acc", "robust_acc", "probe_clean_acc", "probe_robust_acc")}})
     return {"final": final, "total_steps": total, "train_seconds": elapsed,
             "images_per_second": seen / elapsed if elapsed > 0 else 0.0, "ckpt_path": ckpt_path}
 

@@ -19,6 +19,7 @@ def test_outputs_metrics_and_plots_are_written(trained):
         history = json.loads((tmp / "metrics" / f"{section}_history.json").read_text())
         assert (tmp / folder / "curve.png").stat().st_size > 1000
         assert history and history[-1]["step"] == metrics["steps"]
+        assert history[-1]["clean_acc"] is not None  # the curve has its final point (probe accuracy for unsup)
         assert not list((tmp / folder / "checkpoints").glob("*.pt"))  # dropped once training ends
         blob = load_model_file(tmp / folder / "model.pt")
         assert blob["mlflow_run_id"]
