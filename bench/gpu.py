@@ -96,6 +96,14 @@ def synthetic(n: int, device) -> Dataset:
     return Dataset(Split(images, labels), Split(images, labels), [str(c) for c in range(10)])
 
 
+def resident(data: Dataset, device):
+    """The batch and the generator as `train.run_loop` hands them to a step: the uint8 images and
+    labels already on the device, the random draws made there (no host traffic in the step)."""
+    from pipeline.rng import generator
+    on = device if device.type == "cuda" else None
+    return data.train.images.to(device), data.train.labels.to(device), generator(0, on)
+
+
 def at_case(arch: str, steps: int, bs: int, device, runtime: dict, tiny: bool) -> Case:
     from pipeline.recipes import SupervisedRecipe
     data = synthetic(bs, device)
@@ -106,11 +114,11 @@ def at_case(arch: str, steps: int, bs: int, device, runtime: dict, tiny: bool) -
         "runtime": runtime})
     recipe = SupervisedRecipe(p, data, device)
     opt = torch.optim.SGD(recipe.model.parameters(), lr=0.01, momentum=0.9)
-    gen = torch.Generator().manual_seed(0)
+    xb, yb, gen = resident(data, device)
     rows = slice(None)
 
     def step():
-        loss, _ = recipe.train_step(data.train.images, data.train.labels, gen, rows)
+        loss, _ = recipe.train_step(xb, yb, gen, rows)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -130,10 +138,10 @@ def contrastive_case(arch: str, steps: int, bs: int, device, runtime: dict) -> C
         "probe": {"train_per_class": None}, "runtime": runtime})
     recipe = ContrastiveRecipe(p, data, device)
     opt = torch.optim.SGD(recipe.model.parameters(), lr=0.01, momentum=0.9)
-    gen = torch.Generator().manual_seed(0)
+    xb, yb, gen = resident(data, device)
 
     def step():
-        loss, _ = recipe.train_step(data.train.images, data.train.labels, gen, slice(None))
+        loss, _ = recipe.train_step(xb, yb, gen, slice(None))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -148,12 +156,12 @@ def sampler_cases(arch: str, bs: int, steps: int, device, runtime: dict, names) 
     from pipeline.models import ContrastiveModel, build_classifier
     from pipeline.params import ArchParams
     from pipeline.runtime import amp_decision, maybe_compile
-    from pipeline.samplers import SAMPLERS, SamplingContext, generate_batch
+    from pipeline.samplers import SAMPLERS, SamplingContext, generate_batch, seeds_on
     rt = RuntimeParams(**runtime)
     amp, _ = amp_decision(rt, device)
     a = ArchParams(name=arch, **({"widths": [8, 16, 32]} if arch == "airbench" else {}))
     data = synthetic(max(bs, 40), device)
-    seeds = fit_seeds(data.train, 10, 1e-4)
+    seeds = seeds_on(fit_seeds(data.train, 10, 1e-4), device)  # as sampling.prepare_context does
     nets = {"classifier": build_classifier(a, 10), "contrastive": ContrastiveModel(a, 128)}
     out = []
     for name in names:

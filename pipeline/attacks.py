@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .rng import draw_device
+
 Objective = Callable[[torch.Tensor], torch.Tensor]
 _TINY = 1e-12
 
@@ -29,8 +31,9 @@ class L2:
         self.eps = eps
 
     def random_perturb(self, x, gen):
-        d = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
-        r = torch.rand(len(x), generator=gen, dtype=x.dtype).to(x.device).view(-1, *([1] * (x.dim() - 1)))
+        dev = draw_device(gen, x)  # drawn where the generator lives; .to is a no-op when that is x's device
+        d = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=dev).to(x.device)
+        r = torch.rand(len(x), generator=gen, dtype=x.dtype, device=dev).to(x.device).view(-1, *([1] * (x.dim() - 1)))
         return d / (_per_sample_norm(d) + _TINY) * r * self.eps
 
     def step(self, grad, step_size: float):
@@ -48,7 +51,8 @@ class Linf:
         self.eps = eps
 
     def random_perturb(self, x, gen):
-        return (torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device) * 2 - 1) * self.eps
+        u = torch.rand(x.shape, generator=gen, dtype=x.dtype, device=draw_device(gen, x)).to(x.device)
+        return (u * 2 - 1) * self.eps
 
     def step(self, grad, step_size: float):
         return grad.sign() * step_size
@@ -113,8 +117,8 @@ def ascend(x0: torch.Tensor, objective: Objective, threat, steps: int, step_size
             if best is None:
                 best, best_val = x.detach().clone(), v.clone()
             else:
-                better = v > best_val
-                best[better] = x.detach()[better]
+                better = v > best_val  # torch.where, not a boolean index (a host sync on a GPU)
+                best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x.detach(), best)
                 best_val = torch.where(better, v, best_val)
             if t == steps:
                 break
@@ -124,7 +128,8 @@ def ascend(x0: torch.Tensor, objective: Objective, threat, steps: int, step_size
         with torch.no_grad():
             x = x.detach() + threat.step(grad, step_size)
             if noise_std > 0:
-                x += noise_std * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+                x += noise_std * torch.randn(x.shape, generator=generator, dtype=x.dtype,
+                                             device=draw_device(generator, x)).to(x.device)
             x = (anchor + threat.project(x - anchor)).clamp_(0, 1)
     return best if return_best else x.detach()
 

@@ -1,29 +1,36 @@
 """Batched augmentations driven by an explicit torch.Generator (so resume is bit-identical and no
-per-image Python loop or DataLoader worker is needed on a 2-core CPU)."""
+per-image Python loop or DataLoader worker is needed on a 2-core CPU). Every draw is made on the
+generator's device: with the data and a generator on the GPU, augmentation never touches the host."""
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
+from .rng import draw_device
+
 _GRAY = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
 
-def _rand(n, gen, device):
-    return torch.rand(n, generator=gen).to(device)
+@lru_cache(maxsize=None)
+def _on(name: str, device: torch.device) -> torch.Tensor:
+    """A module constant on `device`, copied there once (a copy per call would be a host sync per step)."""
+    return globals()[name].to(device)
 
 
 def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop with `pad` reflect padding + horizontal flip (the AT recipe's augmentation)."""
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    flip = torch.rand(n, generator=gen) < 0.5
+    dev = draw_device(gen, x)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=dev)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=dev)
+    flip = torch.rand(n, generator=gen, device=dev) < 0.5
     # gather rows/cols per sample with index arithmetic rather than a Python loop
-    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).to(x.device)
-    cols = (dx.view(n, 1) + torch.arange(w).view(1, w))
+    rows = (dy.view(n, 1) + torch.arange(h, device=dev).view(1, h)).to(x.device)
+    cols = (dx.view(n, 1) + torch.arange(w, device=dev).view(1, w))
     cols = torch.where(flip.view(n, 1), cols.flip(1), cols).to(x.device)
     c = x.shape[1]
     out = padded.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w + 2 * pad))
@@ -39,7 +46,7 @@ def _like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _gray(x):
-    return (x * _GRAY.to(x.device)).sum(1, keepdim=True)
+    return (x * _on("_GRAY", x.device)).sum(1, keepdim=True)
 
 
 def simclr(x: torch.Tensor, gen: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
@@ -50,16 +57,22 @@ def simclr(x: torch.Tensor, gen: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 
     (bilinear); jitter is applied in a fixed order (brightness, contrast, saturation, hue) and hue
     is a rotation of the chroma plane in YIQ space, a close stand-in for HSV hue shifts."""
     n, c, h, w = x.shape
-    dev = x.device
-    area = torch.empty(n).uniform_(scale[0], scale[1], generator=gen)
-    logr = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    dev, at = x.device, draw_device(gen, x)  # where the images live, where the draws are made
+
+    def uniform(lo, hi):
+        return torch.empty(n, device=at).uniform_(lo, hi, generator=gen)
+
+    def rand():
+        return torch.rand(n, generator=gen, device=at)
+    area = uniform(scale[0], scale[1])
+    logr = uniform(math.log(ratio[0]), math.log(ratio[1]))
     r = torch.exp(logr)
     cw = torch.sqrt(area * r).clamp(max=1.0)  # crop width/height as fractions of the image
     ch = torch.sqrt(area / r).clamp(max=1.0)
-    cx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - cw)
-    cy = (torch.rand(n, generator=gen) * 2 - 1) * (1 - ch)
-    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3)
+    cx = (rand() * 2 - 1) * (1 - cw)
+    cy = (rand() * 2 - 1) * (1 - ch)
+    flip = torch.where(rand() < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3, device=at)
     theta[:, 0, 0] = cw * flip
     theta[:, 0, 2] = cx
     theta[:, 1, 1] = ch
@@ -68,11 +81,11 @@ def simclr(x: torch.Tensor, gen: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
     b, co, s, hu = jitter
-    apply = (torch.rand(n, generator=gen) < p_jitter).view(n, 1, 1, 1).to(dev)
-    fb = torch.empty(n).uniform_(1 - b, 1 + b, generator=gen).view(n, 1, 1, 1).to(dev)
-    fc = torch.empty(n).uniform_(1 - co, 1 + co, generator=gen).view(n, 1, 1, 1).to(dev)
-    fs = torch.empty(n).uniform_(1 - s, 1 + s, generator=gen).view(n, 1, 1, 1).to(dev)
-    fh = torch.empty(n).uniform_(-hu, hu, generator=gen).to(dev) * 2 * math.pi
+    apply = (rand() < p_jitter).view(n, 1, 1, 1).to(dev)
+    fb = uniform(1 - b, 1 + b).view(n, 1, 1, 1).to(dev)
+    fc = uniform(1 - co, 1 + co).view(n, 1, 1, 1).to(dev)
+    fs = uniform(1 - s, 1 + s).view(n, 1, 1, 1).to(dev)
+    fh = uniform(-hu, hu).to(dev) * 2 * math.pi
     j = (out * fb).clamp(0, 1)
     m = _gray(j).mean(dim=(2, 3), keepdim=True)
     j = ((j - m) * fc + m).clamp(0, 1)
@@ -80,7 +93,7 @@ def simclr(x: torch.Tensor, gen: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 
     j = ((j - g) * fs + g).clamp(0, 1)
     j = _hue_rotate(j, fh).clamp(0, 1)
     out = torch.where(apply, j, out)
-    gray = (torch.rand(n, generator=gen) < p_gray).view(n, 1, 1, 1).to(dev)
+    gray = (rand() < p_gray).view(n, 1, 1, 1).to(dev)
     out = torch.where(gray, _gray(out).expand(-1, 3, -1, -1), out)
     return _like(out, x)
 
@@ -96,5 +109,5 @@ def _hue_rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2] = cos, -sin
     rot[:, 2, 1], rot[:, 2, 2] = sin, cos
-    mat = _YIQ2RGB.to(x.device) @ rot @ _RGB2YIQ.to(x.device)  # (n, 3, 3)
+    mat = _on("_YIQ2RGB", x.device) @ rot @ _on("_RGB2YIQ", x.device)  # (n, 3, 3)
     return torch.einsum("nij,njhw->nihw", mat, x)

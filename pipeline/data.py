@@ -23,6 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import CemError
+from .rng import draw_device
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -237,16 +238,21 @@ def fit_seeds(train: Split, num_classes: int, ridge: float) -> dict:
 
 def draw_seeds(seeds: dict, n: int, gen: torch.Generator, condition: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Sample n seed images in [0,1] (3, 32, 32): from class `condition[i]`'s Gaussian, or from the
-    unconditional one when `condition` is None."""
-    out = torch.empty(n, 3 * 32 * 32)
-    groups = [(None, torch.arange(n))] if condition is None else \
-        [(c, torch.nonzero(condition == c).flatten()) for c in torch.unique(condition).tolist()]
+    unconditional one when `condition` is None. Drawn on the generator's device (the statistics
+    are moved there if they are not already); `condition` is read on the host, where the groups are
+    formed (pass it on the CPU to keep a GPU run free of syncs)."""
+    dev = draw_device(gen, seeds["all"]["mean"])
+    out = torch.empty(n, 3 * 32 * 32, device=dev)
+    condition = condition.cpu() if condition is not None else None
+    groups = [(None, torch.arange(n, device=dev))] if condition is None else \
+        [(c, torch.nonzero(condition == c).flatten().to(dev)) for c in torch.unique(condition).tolist()]
     for c, idx in groups:
         g = seeds["all"] if c is None else seeds["classes"][c]
-        z = torch.randn(len(idx), g["factor"].shape[1], generator=gen)
-        x = g["mean"] + z @ g["factor"].T
+        factor, mean = g["factor"].to(dev), g["mean"].to(dev)
+        z = torch.randn(len(idx), factor.shape[1], generator=gen, device=dev)
+        x = mean + z @ factor.T
         if g["iso_std"] > 0:
-            x += g["iso_std"] * torch.randn(len(idx), x.shape[1], generator=gen)
+            x += g["iso_std"] * torch.randn(len(idx), x.shape[1], generator=gen, device=dev)
         out[idx] = x
     return out.clamp_(0, 1).view(n, 3, 32, 32)
 

@@ -1,6 +1,7 @@
 """What a profile will cost on a GPU, from measured throughputs (`python -m bench.gpu --out FILE`),
 printed by `cem profile` so a user knows before `dvc repro` starts. Only measured rates are used;
-a stage without a matching measurement is reported as unknown, never guessed."""
+a stage without a matching measurement is reported as unknown, never guessed. A training rate
+matches only at the section's batch size (on a GPU it moves the rate 3x: issue 12's table)."""
 from __future__ import annotations
 
 import json
@@ -16,8 +17,17 @@ CIFAR10_TRAIN = 50_000
 def _rate(rows: list[dict], pattern: str) -> Optional[tuple[float, str]]:
     for row in rows:
         if re.search(pattern, row["case"]):
-            return float(row["items_per_s"]), row["case"]
+            note = f"; {row['note']}" if row.get("note") else ""
+            return float(row["items_per_s"]), row["case"] + note
     return None
+
+
+def _missing(rows: list[dict], pattern: str, bs: int) -> str:
+    """Why no rate matched: say which batch sizes were measured for this step, if any."""
+    other = sorted({int(m.group(1)) for r in rows if re.search(pattern, r["case"])
+                    for m in [re.search(r", bs (\d+)", r["case"])] if m})
+    return (f"no measurement at bs {bs} (measured: bs {', '.join(map(str, other))})" if other
+            else f"no row matching {pattern!r}")
 
 
 def estimate(p, table: dict) -> list[tuple[str, Optional[float], str]]:
@@ -26,15 +36,16 @@ def estimate(p, table: dict) -> list[tuple[str, Optional[float], str]]:
     n_train = CIFAR10_TRAIN if p.data.train_per_class is None else 10 * p.data.train_per_class
     out = []
     for name, sec in (("train_sup", p.train_sup), ("train_ref", p.train_ref)):
-        arch, a = sec.arch.name, sec.attack
+        arch, a, bs = sec.arch.name, sec.attack, sec.optim.batch_size
         pattern = (rf"^{arch} PGD-{a.steps} AT" if a.eps > 0 and a.steps > 0 else rf"^{arch} standard training")
-        found = _rate(rows, pattern)
+        found = _rate(rows, rf"{pattern}, bs {bs}\b")
         images = sec.optim.epochs * n_train
-        out.append((name, images / found[0] if found else None, found[1] if found else f"no row matching {pattern!r}"))
+        out.append((name, images / found[0] if found else None, found[1] if found else _missing(rows, pattern, bs)))
     u = p.train_unsup
-    found = _rate(rows, rf"^contrastive AT {u.arch.name}")
+    pattern = rf"^contrastive AT {u.arch.name}\b"
+    found = _rate(rows, rf"{pattern}.*, bs {u.optim.batch_size}\b")
     out.append(("train_unsup", u.optim.epochs * n_train / found[0] if found else None,
-                found[1] if found else f"no contrastive AT row for {u.arch.name}"))
+                found[1] if found else _missing(rows, pattern, u.optim.batch_size)))
     total, missing = 0.0, []
     for name, spec in SPECS.items():
         rp = p.sample.resolved(name)
@@ -49,6 +60,10 @@ def estimate(p, table: dict) -> list[tuple[str, Optional[float], str]]:
     return out
 
 
+def _duration(secs: float) -> str:
+    return f"{secs / 3600:6.2f} h" if secs >= 3600 else f"{secs / 60:6.1f} min"
+
+
 def summary(p, path: Path) -> Optional[str]:
     """A few lines for `cem profile`, or None when no throughput file exists."""
     if not Path(path).exists():
@@ -58,6 +73,6 @@ def summary(p, path: Path) -> Optional[str]:
     known = [s for _, s, _ in rows if s is not None]
     lines = [f"estimated GPU time on {table.get('device', '?')} ({table.get('source', path)}):"]
     for name, secs, why in rows:
-        lines.append(f"  {name:22s} " + (f"{secs / 3600:6.2f} h" if secs is not None else "   unknown") + f"  [{why}]")
-    lines.append(f"  {'total (known stages)':22s} {sum(known) / 3600:6.2f} h (+ scoring and start-up)")
+        lines.append(f"  {name:22s} " + (_duration(secs) if secs is not None else "   unknown") + f"  [{why}]")
+    lines.append(f"  {'total (known stages)':22s} {_duration(sum(known))} (+ scoring and start-up)")
     return "\n".join(lines)

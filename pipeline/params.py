@@ -114,7 +114,8 @@ class OptimParams(Strict):
     """Fractions of training at which the step schedule multiplies lr by `gamma`."""
     gamma: float = Field(default=0.1, gt=0)
     warmup_frac: float = Field(default=0.2, ge=0, lt=1)
-    """Triangle schedule: fraction of steps spent rising to lr before a linear fall to 0."""
+    """Fraction of steps spent rising linearly to lr, for every schedule (triangle then falls
+    linearly to 0; step and constant then follow their rule)."""
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
 
 

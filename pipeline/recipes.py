@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import augment, distributed
+from . import augment, distributed, rng
 from .attacks import ascend, frozen, pgd, random_init, threat_model
 from .data import Dataset, stratified_indices
 from .errors import CemError
@@ -48,7 +48,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attac
     """Clean and PGD-`steps` accuracy (%); a random start is drawn from a fixed generator."""
     was_training = model.training
     model.eval()
-    gen = torch.Generator().manual_seed(EVAL_SEED)
+    gen = rng.generator(EVAL_SEED, device)  # the random starts are drawn where the attack runs
     clean = robust = 0
     for i in range(0, len(labels), batch_size):
         x = to_float(images[i:i + batch_size], device, channels_last)
@@ -271,9 +271,9 @@ def fit_linear_probe(model: ContrastiveModel, images, labels, num_classes, epoch
     feats = _features(model, images, device, cl)
     y = labels.to(device)
     probe = LinearProbe(model, num_classes).to(device)
-    gen = torch.Generator().manual_seed(seed + 7)
+    gen = rng.generator(seed + 7, device)
     with torch.no_grad():
-        probe.fc.weight.normal_(0, 0.01, generator=gen) if device.type == "cpu" else probe.fc.weight.normal_(0, 0.01)
+        probe.fc.weight.normal_(0, 0.01, generator=gen)
         probe.fc.bias.zero_()
     mu, sd = feats.mean(0), feats.std(0) + 1e-6  # standardise for a well-conditioned probe; folded in below
     z = (feats - mu) / sd
@@ -281,7 +281,7 @@ def fit_linear_probe(model: ContrastiveModel, images, labels, num_classes, epoch
     steps = epochs * math.ceil(len(y) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     for _ in range(epochs):
-        perm = torch.randperm(len(y), generator=gen).to(device)
+        perm = torch.randperm(len(y), generator=gen, device=device)
         for i in range(0, len(y), batch_size):
             b = perm[i:i + batch_size]
             loss = F.cross_entropy(probe.fc(z[b]), y[b])

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .attacks import L2, ascend, frozen
+from .rng import generator
 from .runtime import autocast
 from .data import draw_seeds, gaussian_factor
 from .energies import conditional_energy, log_posterior, pair_energy
@@ -188,8 +189,8 @@ def build_bank(model, train_images, train_labels, rp: ResolvedSamplerParams, num
 
 
 # ----------------------------------------------------------------------------- generation
-def batch_generator(seed: int, batch_index: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 7_919 + batch_index)
+def batch_generator(seed: int, batch_index: int, device=None) -> torch.Generator:
+    return generator(seed * 7_919 + batch_index, device)
 
 
 def batch_conditions(sampler: Sampler, start: int, count: int, num_classes: int) -> Optional[torch.Tensor]:
@@ -202,20 +203,29 @@ def batch_conditions(sampler: Sampler, start: int, count: int, num_classes: int)
 def generate_batch(sampler: Sampler, ctx: SamplingContext, seeds: dict, start: int, count: int,
                    batch_index: int, steps: Optional[int] = None, device=None,
                    on_step=None, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One batch: (seed images, final images, conditions or −1), images in [0,1] on the CPU."""
+    """One batch: (seed images, final images, conditions or −1), images in [0,1] on the CPU.
+
+    The seeds and the sampler's noise are drawn on `device` (a generator there, the seed statistics
+    moved there once by `seeds_on`): one copy back per batch, none per step."""
     rp = ctx.params
-    gen = batch_generator(rp.seed, batch_index)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    gen = batch_generator(rp.seed, batch_index, device)
     cond = batch_conditions(sampler, start, count, ctx.num_classes)
-    x0 = draw_seeds(seeds, count, gen, cond)
-    device = device or torch.device("cpu")
     c_dev = cond.to(device) if cond is not None else None
+    x0 = draw_seeds(seeds, count, gen, cond)  # groups formed from the host's copy of the conditions
     objective = sampler.objective(ctx, c_dev)
     with frozen(ctx.model), autocast(device, amp):
-        x = ascend(x0.to(device), objective, L2(rp.eps), rp.steps if steps is None else steps, rp.step_size,
+        x = ascend(x0, objective, L2(rp.eps), rp.steps if steps is None else steps, rp.step_size,
                    noise_std=rp.noise_std, generator=gen,
                    return_best=rp.return_best, on_step=on_step)
     labels = cond if cond is not None else torch.full((count,), -1, dtype=torch.int64)
-    return x0, x.cpu(), labels
+    return x0.cpu(), x.cpu(), labels
+
+
+def seeds_on(seeds: dict, device) -> dict:
+    """The seed statistics (means, covariance factors) on `device`, where the seeds are drawn."""
+    move = lambda g: {**g, "mean": g["mean"].to(device), "factor": g["factor"].to(device)}  # noqa: E731
+    return {**seeds, "all": move(seeds["all"]), "classes": [move(g) for g in seeds["classes"]]}
 
 
 _missing = set(SPECS) - set(SAMPLERS)

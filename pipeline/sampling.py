@@ -24,7 +24,7 @@ from .params import ControlParams, ResolvedSamplerParams, RuntimeParams
 from .runtime import amp_decision, maybe_compile
 from .progress import log, progress_bar
 from .sample_files import CONTROLS_FILE, load_sample_file, load_shards, shard_paths
-from .samplers import SAMPLERS, SamplingContext, build_bank, generate_batch, to_uint8
+from .samplers import SAMPLERS, SamplingContext, build_bank, generate_batch, seeds_on, to_uint8
 
 
 def model_path_for(p, name: str) -> Path:
@@ -59,7 +59,7 @@ def prepare_context(name: str, rp: ResolvedSamplerParams, model_path: Path, data
         ctx.bank_z, ctx.bank_cond = bank_z.to(device), bank_cond.to(device)
     if runtime is not None:
         ctx.model = maybe_compile(model, runtime)
-    return sampler, ctx, seeds, blob
+    return sampler, ctx, seeds_on(seeds, device), blob
 
 
 def config_hash(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir: str, amp: bool = False) -> str:

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, rng
 from .checkpoints import load_checkpoint, restore_rng, save_checkpoint
 from .data import Dataset, atomic_torch_save, atomic_write_text
 from .errors import CemError, DivergenceError
@@ -35,17 +35,22 @@ LOG_EVERY = 10
 """Steps between MLflow metric rows (and, on a GPU, between reads of the loss)."""
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+def step_generator(seed: int, step: int, device=None) -> torch.Generator:
+    """The generator of optimizer step `step` (negative: the epoch's batch order), on `device`."""
+    return rng.generator(seed * 1_000_003 + step, device)
 
 
 def lr_factor(optim: OptimParams, progress: float) -> float:
-    if optim.schedule == "constant":
-        return 1.0
-    if optim.schedule == "step":
-        return optim.gamma ** sum(progress >= m for m in optim.milestones)
+    """lr / optim.lr at `progress` (0..1) of training. Every schedule rises linearly over the first
+    `warmup_frac` (large-batch GPU runs with linearly scaled lr need it); then triangle falls
+    linearly to 0, step multiplies by gamma at each milestone, constant holds."""
     w = optim.warmup_frac
-    return progress / w if progress < w else max(0.0, (1 - progress) / (1 - w))
+    if optim.schedule == "triangle":
+        return progress / w if progress < w else max(0.0, (1 - progress) / (1 - w))
+    warm = progress / w if progress < w else 1.0
+    if optim.schedule == "constant":
+        return warm
+    return warm * optim.gamma ** sum(progress >= m for m in optim.milestones)
 
 
 def make_optimizer(model: nn.Module, optim: OptimParams, total_steps: int):
@@ -119,10 +124,13 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
     w = distributed.world()
     per_rank = bs // w.size
     rows = slice(w.rank * per_rank, (w.rank + 1) * per_rank)  # this rank's rows of every global batch
-    # On a GPU the whole uint8 training set lives on the device (150 MB for CIFAR-10) and the loop reads
-    # the loss back only every `sync_every` steps (a host sync stalls the GPU); on a CPU reading it is
-    # free, so every step is checked. The random draws stay on the CPU generators either way.
+    # On a GPU the whole uint8 training set lives on the device (150 MB for CIFAR-10), every random draw
+    # (batch order, crops, flips, SimCLR views, attack starts) is made there by a generator on the device,
+    # and the loop reads the loss back only every `sync_every` steps (a host sync stalls the GPU): the
+    # step loop moves nothing between host and device. On a CPU reading the loss is free, so every step
+    # is checked, and the CPU generators draw what they always drew (bit-identical runs).
     resident = device.type == "cuda"
+    draw_on = device if resident else None
     images = data.train.images.to(device) if resident else data.train.images
     labels = data.train.labels.to(device) if resident else data.train.labels
     sync_every = 1 if device.type == "cpu" else LOG_EVERY
@@ -132,11 +140,11 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
         for step in range(start, total):
             epoch, pos = divmod(step, steps_per_epoch)
             if epoch != perm_epoch:
-                perm = torch.randperm(len(labels), generator=step_generator(spec.seed, -1 - epoch))
-                perm = perm.to(device) if resident else perm
+                perm = torch.randperm(len(labels), generator=step_generator(spec.seed, -1 - epoch, draw_on),
+                                      device=draw_on or "cpu")
                 perm_epoch = epoch
             idx = perm[pos * bs:(pos + 1) * bs]
-            gen = step_generator(spec.seed, step)  # the same on every rank: draws are made for the global batch
+            gen = step_generator(spec.seed, step, draw_on)  # the same on every rank: draws are for the global batch
             loss, metrics = spec.train_step(images[idx], labels[idx], gen, rows)
             done = step + 1
             checkpoint_now = done % spec.checkpoint_every == 0 and done != total

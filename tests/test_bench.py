@@ -36,11 +36,18 @@ def test_profile_time_estimate_uses_measured_rates_only():
                      yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text()))
     p = parse_params(raw)
     table = {"rows": [{"case": "resnet50 PGD-7 AT, bs 128", "items_per_s": 578},
+                      {"case": "resnet50 standard training, bs 128", "items_per_s": 2642},
                       {"case": "sampler resnet50, 60 steps, bs 2000", "items_per_s": 500},
                       {"case": "sampler resnet18, 60 steps, bs 2000", "items_per_s": 1000}]}
+    # the paper profile trains at bs 512: a bs-128 rate is not used for it (batch size moves a GPU's rate 3x)
+    rows = {name: (secs, why) for name, secs, why in estimate(p, table)}
+    assert rows["train_sup"] == (None, "no measurement at bs 512 (measured: bs 128)")
+    table["rows"].insert(0, {"case": "resnet50 PGD-7 AT, bs 512", "items_per_s": 1514, "note": "bare step"})
     rows = {name: secs for name, secs, _ in estimate(p, table)}
-    assert abs(rows["train_sup"] - 150 * 50_000 / 578) < 1  # 3.6 h, issue 12's figure
+    assert abs(rows["train_sup"] - 150 * 50_000 / 1514) < 1
     assert rows["train_ref"] is None and rows["train_unsup"] is None  # unmeasured: unknown, not guessed
+    p128 = parse_params(deep_merge(raw, {"train_sup": {"optim": {"batch_size": 128}}}))
+    assert abs(dict((n, s) for n, s, _ in estimate(p128, table))["train_sup"] - 150 * 50_000 / 578) < 1  # 3.6 h
     # four supervised samplers on ResNet-50, four contrastive ones on ResNet-18, 50,000 samples each
     assert abs(rows["sample (all samplers)"] - (4 * 50_000 / 500 + 4 * 50_000 / 1000)) < 1
     table["rows"].pop()

@@ -114,3 +114,15 @@ def test_corrupt_checkpoint_is_one_line(prepared, tmp_path):
     raw["train_sup"]["out_dir"] = str(tmp_path / "m")
     out = cem("train", "supervised", "--params", str(write_params(tmp_path, raw)), "--resume", str(bad), check=False)
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "cannot load checkpoint" in out.stderr
+
+
+def test_every_schedule_honours_the_warmup():
+    """Large-batch GPU runs (the paper profile's bs 512, lr 0.4) warm up under the step schedule too."""
+    from pipeline.params import OptimParams
+    from pipeline.train import lr_factor
+    step = OptimParams(schedule="step", warmup_frac=0.1, milestones=[0.5, 0.75], gamma=0.1)
+    assert [round(lr_factor(step, t), 6) for t in (0.0, 0.05, 0.1, 0.4, 0.5, 0.8)] == [0.0, 0.5, 1.0, 1.0, 0.1, 0.01]
+    assert lr_factor(OptimParams(schedule="step", warmup_frac=0.0), 0.0) == 1.0  # no warmup: the paper's schedule
+    assert lr_factor(OptimParams(schedule="constant", warmup_frac=0.2), 0.1) == 0.5
+    tri = OptimParams(schedule="triangle", warmup_frac=0.2)
+    assert [lr_factor(tri, t) for t in (0.1, 0.2, 0.6)] == [0.5, 1.0, 0.5]
