@@ -149,3 +149,37 @@ def test_score_refuses_statistics_of_another_reference_set(trained, tmp_path):
     out = cem("score", "cs", "--params", params, check=False)
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "reference-stats" in out.stderr
     assert not (tmp_path / "scores" / "cs.json").exists()
+
+
+@pytest.mark.parametrize("n", [20, 200])  # N below and above the feature dimension: both routes of fid_exact
+def test_fid_noise_uses_an_fid_that_equals_torch_fidelitys(judge_and_data, n):
+    from pipeline.scoring import fid_bootstrap_sd, fid_exact
+    judge, ds = judge_and_data
+    space = judge.space
+    ref = reference_stats(space, ds.train.images, 64, CPU, 0, {})
+    noise = (torch.rand(n, 3, 32, 32) * 255).to(torch.uint8)
+    images = torch.cat([ds.test.images, noise])[:n]
+    feats = extract(space, images, 64, CPU, "test")
+    f = feats[space.fid_layer]
+    ours = fid_exact(f.double(), torch.from_numpy(ref.mu).double(), torch.from_numpy(ref.sigma).double(),
+                     None if n <= f.shape[1] else _root(ref.sigma))
+    theirs = metrics_from_features(feats, ref, space, 1000)["fid"]
+    assert abs(ours - theirs) <= 1e-6 * max(1.0, abs(theirs)), (ours, theirs)
+    sd = fid_bootstrap_sd(f, ref)
+    assert sd is not None and 0 < sd < theirs
+
+
+def _root(sigma):
+    s = torch.from_numpy(sigma).double()
+    w, v = torch.linalg.eigh(s)
+    return (v * w.clamp(min=0).sqrt()) @ v.T
+
+
+def test_fid_noise_shrinks_with_more_samples(judge_and_data):
+    """The bootstrap noise is the noise of this N: 4x the samples, about half the spread."""
+    from pipeline.scoring import fid_bootstrap_sd
+    judge, ds = judge_and_data
+    ref = reference_stats(judge.space, ds.test.images, 64, CPU, 0, {})
+    f = extract(judge.space, ds.train.images, 64, CPU, "test")[judge.space.fid_layer]
+    small, large = (fid_bootstrap_sd(f[:k], ref, reps=20) for k in (len(f) // 4, len(f)))
+    assert large < 0.8 * small, (small, large)
