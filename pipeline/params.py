@@ -127,7 +127,7 @@ class RuntimeParams(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Union[bool, Literal["auto"]] = "auto"
     """bf16 autocast of every forward/backward (attacks, training, samplers). `auto`: on CUDA with
-    bf16, and on CPUs with AMX-bf16 (fast bf16); fp32 elsewhere (bf16 is ~500x slower on AVX2 CPUs).
+    bf16, and on CPUs with native bf16 (AMX-bf16 or AVX-512-bf16); fp32 elsewhere (bf16 is ~500x slower on AVX2 CPUs).
     The decision is logged to MLflow (tag runtime.amp)."""
     deterministic: bool = True
     """cudnn.benchmark off and deterministic algorithms on; on CPU results are bit-identical."""

@@ -13,25 +13,28 @@ from pipeline.params import RuntimeParams, parse_params
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize("amp, amx, want", [
-    (False, True, False), (True, False, True), ("auto", True, True), ("auto", False, False)])
-def test_amp_decision_on_cpu(monkeypatch, amp, amx, want):
-    monkeypatch.setattr(runtime, "cpu_has_amx_bf16", lambda: amx)
+@pytest.mark.parametrize("amp, flag, want", [
+    (False, "amx_bf16", False), (True, None, True), ("auto", "amx_bf16", True), ("auto", "avx512_bf16", True),
+    ("auto", None, False)])
+def test_amp_decision_on_cpu(monkeypatch, amp, flag, want):
+    monkeypatch.setattr(runtime, "cpu_bf16_flag", lambda: flag)
     enabled, why = runtime.amp_decision(RuntimeParams(amp=amp), CPU)
     assert enabled is want and why.startswith("bf16" if want else "fp32")
-    if amp == "auto":
-        assert "AMX" in why
+    if amp == "auto" and flag:
+        assert runtime.CPU_BF16_FLAGS[flag] in why
 
 
-def test_amx_detection_reads_the_cpu_flags(tmp_path, monkeypatch):
+def test_bf16_detection_reads_the_cpu_flags(tmp_path, monkeypatch):
     import builtins
     real_open = builtins.open
     fake = tmp_path / "cpuinfo"
-    fake.write_text("processor : 0\nflags : fpu avx512f amx_bf16 amx_tile\n")
+    fake.write_text("processor : 0\nflags : fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
     monkeypatch.setattr(builtins, "open", lambda p, *a, **k: real_open(fake if p == "/proc/cpuinfo" else p, *a, **k))
-    assert runtime.cpu_has_amx_bf16()
-    fake.write_text("processor : 0\nflags : fpu avx2 avx512_bf16\n")
-    assert not runtime.cpu_has_amx_bf16()
+    assert runtime.cpu_bf16_flag() == "amx_bf16"
+    fake.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_bf16\n")  # AMD Zen 4
+    assert runtime.cpu_bf16_flag() == "avx512_bf16"
+    fake.write_text("processor : 0\nflags : fpu avx2 fma\n")  # AMD Zen 3: no native bf16
+    assert runtime.cpu_bf16_flag() is None
 
 
 def test_amp_values_are_validated():
