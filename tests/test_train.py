@@ -97,7 +97,7 @@ def test_divergence_stops_with_one_line_and_no_output(prepared, tmp_path):
     raw = json.loads(json.dumps(raw))
     raw["train_sup"]["out_dir"] = str(tmp_path / "nan_model")
     raw["metrics_dir"] = str(tmp_path / "metrics")
-    raw["train_sup"]["optim"].update({"lr": 1.0e12, "schedule": "constant"})
+    raw["train_sup"]["optim"].update({"lr": 1.0e12, "schedule": "constant", "warmup_frac": 0.0})  # diverges at once
     out = cem("train", "supervised", "--params", str(write_params(tmp_path, raw)), check=False)
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
