@@ -100,8 +100,7 @@ def resident(data: Dataset, device):
     """The batch and the generator as `train.run_loop` hands them to a step: the uint8 images and
     labels already on the device, the random draws made there (no host traffic in the step)."""
     from pipeline.rng import generator
-    on = device if device.type == "cuda" else None
-    return data.train.images.to(device), data.train.labels.to(device), generator(0, on)
+    return data.train.images.to(device), data.train.labels.to(device), generator(0, device)
 
 
 def at_case(arch: str, steps: int, bs: int, device, runtime: dict, tiny: bool) -> Case:

@@ -57,14 +57,16 @@ def claims(scores: dict[str, dict], space: str = "classifier") -> list[tuple[str
         verdict, noise = _verdict(w["fid"] - b["fid"], b, w)
         rows.append((text, verdict, f"{label(better)} {b['fid']:.2f} vs {label(w_name)} {w['fid']:.2f}{noise}"))
 
-    name = {"ta": "TA", "cs": "CS", "rcs": "RCS", "langevin": "Langevin", "maxent_uncond": "MaxEnt",
-            "pgd_uncond": "PGD", "maxent_cond": "MaxEnt", "pgd_cond": "PGD"}.get
+    def name(sampler):  # the registry's row label
+        return SPECS[sampler].method
+
+    def cond(sampler):
+        return "cond" if SPECS[sampler].conditional else "uncond"
     claim("CS beats TA (FID)", "cs", ["ta"], name)
     claim("RCS beats TA (FID)", "rcs", ["ta"], name)
     rows.append(_langevin_worst(row, name))
     claim("MaxEnt beats PGD, unconditional", "maxent_uncond", ["pgd_uncond"], name)
     claim("MaxEnt beats PGD, conditional", "maxent_cond", ["pgd_cond"], name)
-    cond = {"pgd_cond": "cond", "pgd_uncond": "uncond", "maxent_cond": "cond", "maxent_uncond": "uncond"}.get
     claim("Conditional beats unconditional (PGD)", "pgd_cond", ["pgd_uncond"], cond)
     claim("Conditional beats unconditional (MaxEnt)", "maxent_cond", ["maxent_uncond"], cond)
     return rows

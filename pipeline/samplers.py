@@ -224,7 +224,8 @@ def generate_batch(sampler: Sampler, ctx: SamplingContext, seeds: dict, start: i
 
 def seeds_on(seeds: dict, device) -> dict:
     """The seed statistics (means, covariance factors) on `device`, where the seeds are drawn."""
-    move = lambda g: {**g, "mean": g["mean"].to(device), "factor": g["factor"].to(device)}  # noqa: E731
+    def move(g):
+        return {**g, "mean": g["mean"].to(device), "factor": g["factor"].to(device)}
     return {**seeds, "all": move(seeds["all"]), "classes": [move(g) for g in seeds["classes"]]}
 
 

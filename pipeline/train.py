@@ -130,7 +130,6 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
     # step loop moves nothing between host and device. On a CPU reading the loss is free, so every step
     # is checked, and the CPU generators draw what they always drew (bit-identical runs).
     resident = device.type == "cuda"
-    draw_on = device if resident else None
     images = data.train.images.to(device) if resident else data.train.images
     labels = data.train.labels.to(device) if resident else data.train.labels
     sync_every = 1 if device.type == "cpu" else LOG_EVERY
@@ -140,11 +139,11 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
         for step in range(start, total):
             epoch, pos = divmod(step, steps_per_epoch)
             if epoch != perm_epoch:
-                perm = torch.randperm(len(labels), generator=step_generator(spec.seed, -1 - epoch, draw_on),
-                                      device=draw_on or "cpu")
+                perm = torch.randperm(len(labels), generator=step_generator(spec.seed, -1 - epoch, device),
+                                      device=device)
                 perm_epoch = epoch
             idx = perm[pos * bs:(pos + 1) * bs]
-            gen = step_generator(spec.seed, step, draw_on)  # the same on every rank: draws are for the global batch
+            gen = step_generator(spec.seed, step, device)  # the same on every rank: draws are for the global batch
             loss, metrics = spec.train_step(images[idx], labels[idx], gen, rows)
             done = step + 1
             checkpoint_now = done % spec.checkpoint_every == 0 and done != total
