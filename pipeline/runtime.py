@@ -28,7 +28,7 @@ def setup_runtime(runtime: RuntimeParams) -> torch.device:
 CPU_BF16_FLAGS = {"amx_bf16": "AMX-bf16", "avx512_bf16": "AVX-512-bf16"}
 """CPU flags with native bf16 arithmetic, in order of preference. Measured on the project's machines:
 AMX-bf16 (Intel Sapphire Rapids+) bf16 matmul ~6x fp32, a small CNN 2.9x under autocast;
-AVX-512-bf16 (AMD Zen 4) the supervised AT step 1.4x; neither (AMD Zen 3, AVX2) bf16 ~500x slower."""
+AVX-512-bf16 (AMD Zen 4) the supervised AT step 1.8x; neither (AMD Zen 3, AVX2) bf16 ~500x slower."""
 
 
 def cpu_bf16_flag() -> str | None:

@@ -59,3 +59,9 @@ def test_profile_command_prints_the_estimate(tmp_path):
     out = cem("profile", "paper", "--params", str(tmp_path / "p.yaml"), "--profiles-dir", str(ROOT / "profiles"),
               "--throughput", str(ROOT / "docs" / "gpu_throughput.json"))
     assert "estimated GPU time" in out.stderr and "train_sup" in out.stderr
+
+
+def test_cpu_amp_bench_runs():
+    """The bf16-vs-fp32 measurement behind runtime.amp's CPU rule runs (tiny shapes: numbers meaningless)."""
+    from bench import cpu_amp
+    assert cpu_amp.main(["--tiny"]) > 0
