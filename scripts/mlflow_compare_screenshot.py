@@ -12,6 +12,7 @@ import json
 import shutil
 import signal
 import socket
+import os
 import subprocess
 import sys
 import tempfile
@@ -56,7 +57,8 @@ def main():
     uri = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
                                f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"})
     try:
         wait_for(port, server)
         from mlflow.tracking import MlflowClient

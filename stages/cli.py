@@ -7,6 +7,10 @@ import os
 # (torch-fidelity calls torch.load(weights_only=False)): torch then reads plain tensors only.
 os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
 os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+# A research pipeline does not phone home: MLflow's usage telemetry is off for every cem command
+# (and for the processes it starts), whatever the environment says.
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["DO_NOT_TRACK"] = "1"
 
 import typer  # noqa: E402
 

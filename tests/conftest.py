@@ -3,9 +3,11 @@ an isolated MLflow store, and a runner for the `cem` CLI. No test touches the ne
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tarfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +56,65 @@ def image_tar(tmp_path_factory, image_folder) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         tar.add(image_folder, arcname="synthetic")
     return path
+
+
+NETGUARD = Path(__file__).resolve().parent / "netguard"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def loopback_only(tmp_path_factory):
+    """Tests talk to 127.0.0.0/8 only: every Python process the suite starts loads
+    tests/netguard/sitecustomize.py (PYTHONPATH), which refuses and records any other destination;
+    the suite fails at its end if anything was recorded (even where a library swallowed the error)."""
+    log = tmp_path_factory.mktemp("netguard") / "refused.log"
+    log.touch()
+    old = {k: os.environ.get(k) for k in ("PYTHONPATH", "CEM_NETGUARD_LOG")}
+    os.environ["CEM_NETGUARD_LOG"] = str(log)
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(NETGUARD), str(ROOT)] + ([old["PYTHONPATH"]] if old["PYTHONPATH"] else []))
+    sys.path.insert(0, str(NETGUARD))
+    import sitecustomize as guard  # noqa: F401  (tests/netguard's, first on sys.path now)
+    if getattr(guard, "install", None) is None:  # another sitecustomize was imported at start-up
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("cem_netguard", NETGUARD / "sitecustomize.py")
+        guard = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(guard)
+    guard.install()
+    yield log
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    refused = log.read_text().strip()
+    assert not refused, "traffic off this machine during the tests:\n" + refused[:2000]
+
+
+@pytest.fixture
+def silent_server():
+    """An MLflow 'server' that accepts connections on 127.0.0.1 and never answers: its URL.
+    The connections are held until the test ends, then everything is closed."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.2)
+    held, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+                held.append(conn)  # read nothing, answer nothing
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=2)
+    for conn in held:
+        conn.close()
+    srv.close()
 
 
 @pytest.fixture(autouse=True, scope="session")
