@@ -2,7 +2,7 @@
 
 As in MadryLab/robustness, a threat model is a tiny class (`random_perturb`, `step`, `project`)
 and the loop is written once (`ascend`). Training attacks, evaluation attacks and every sampler
-(science.md §4) are calls of `ascend` with a different objective J(x) (per-sample values, to be
+(docs/science.md §4) are calls of `ascend` with a different objective J(x) (per-sample values, to be
 *increased*), step rule, noise and ball.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Outputs (in `data.out_dir`):
   dataset.pt     uint8 images (N, 3, 32, 32) + int64 labels for train and test, class names
-  seeds.pt       float32 mean and covariance factor, per class and overall (science.md §4)
+  seeds.pt       float32 mean and covariance factor, per class and overall (docs/science.md §4)
   manifest.json  source, per-class counts, sha256 of the two files, the MLflow run id
 """
 from __future__ import annotations
@@ -228,7 +228,7 @@ def gaussian_factor(images: torch.Tensor, ridge: float) -> tuple[torch.Tensor, t
 
 
 def fit_seeds(train: Split, num_classes: int, ridge: float) -> dict:
-    """Class-conditional and unconditional Gaussian seeds (science.md §4), float32."""
+    """Class-conditional and unconditional Gaussian seeds (docs/science.md §4), float32."""
     def fit(images):
         m, f, s = gaussian_factor(images, ridge)
         return {"mean": m.float(), "factor": f.float(), "iso_std": float(s)}
@@ -271,16 +271,39 @@ def atomic_torch_save(obj, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:  # a full disk, a vanished folder, Ctrl-C: no half file, no temp left
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)):
+            raise CemError(f"cannot write {path}: {_write_error(exc)}") from None
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise CemError(f"cannot write {path}: {_write_error(exc)}") from None
+        raise
+
+
+def _write_error(exc: BaseException) -> str:
+    """What went wrong while writing, in a few words (torch reports a full disk as a RuntimeError
+    about stream positions; the OS error underneath says 'No space left on device')."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    if "unexpected pos" in text or "file write failed" in text:
+        return f"the write failed ({text[:80]}): is the disk full?"
+    return text[:200]
 
 
 def load_dataset(out_dir: str | Path) -> Dataset:

@@ -1,4 +1,4 @@
-"""The contrastive energy-based model's energies (science.md §1–2).
+"""The contrastive energy-based model's energies (docs/science.md §1–2).
 
 Supervised (parametric) CEM: f(x, y) = logit y.  LSE(x) = log Σ_k exp f(x, k) is the marginal
 log p(x) up to log Z, log p(y|x) = f(x, y) − LSE(x), and CE(x, y) = LSE(x) − f(x, y).

@@ -21,7 +21,10 @@ def exclusive(folder: str | Path, what: str):
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     path = folder.parent / f".{folder.name}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # e.g. a directory where the lock file belongs, a read-only folder
+        raise CemError(f"{what}: cannot open the lock file {path} ({exc.strerror}): remove or fix it") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

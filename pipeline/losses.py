@@ -1,4 +1,4 @@
-"""Training losses (science.md §2.3, §3). Kept apart from the samplers' energies so that an edit of
+"""Training losses (docs/science.md §2.3, §3). Kept apart from the samplers' energies so that an edit of
 a sampler objective never invalidates a trained model (dvc.yaml deps follow the import closure)."""
 from __future__ import annotations
 

@@ -38,9 +38,14 @@ def _conv_bn(cin: int, cout: int, pool: bool) -> list[nn.Module]:
 
 class AirbenchNet(nn.Module):
     """airbench-style CIFAR net: a 2x2 patch stem, three conv-pool-BN groups, global max pool.
-    Small enough for CPU adversarial training (≈20 M MACs per image at widths 32/64/128)."""
+    Small enough for CPU adversarial training (≈20 M MACs per image at widths 32/64/128).
 
-    def __init__(self, widths=(32, 64, 128), num_classes: int = 10, stem: int = 24):
+    `whiten`: the stem is airbench's frozen patch-whitening layer, set from data by
+    `init_whitening` before training. `tta='flip'`: in eval mode, features are averaged over the
+    image and its mirror (the head is linear, so logits are averaged too)."""
+
+    def __init__(self, widths=(32, 64, 128), num_classes: int = 10, stem: int = 24, whiten: bool = False,
+                 tta: str = "none"):
         super().__init__()
         w1, w2, w3 = widths
         self.normalize = Normalize()
@@ -53,8 +58,32 @@ class AirbenchNet(nn.Module):
         )
         self.feature_dim = w3
         self.fc = nn.Linear(w3, num_classes, bias=False)
+        self.whiten, self.tta = whiten, tta
+        if whiten:
+            self.body[0].weight.requires_grad_(False)
+
+    @torch.no_grad()
+    def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the stem to the whitening transform of the 2x2 patches of `images` (uint8 or [0,1]
+        float, N×3×H×W; airbench uses 5,000): W = [V/√(λ+eps); −V/√(λ+eps)], λ,V the eigenpairs of
+        the patch covariance of the normalised images, largest first. Float64, so every CPU agrees."""
+        stem = self.body[0]
+        k = stem.kernel_size[0]
+        x = images.double() / 255.0 if images.dtype == torch.uint8 else images.double()
+        x = (x.cpu() - self.normalize.mean.double().cpu()) / self.normalize.std.double().cpu()
+        c = x.shape[1]
+        patches = x.unfold(2, k, 1).unfold(3, k, 1).transpose(1, 3).reshape(-1, c * k * k)
+        cov = patches.T @ patches / len(patches)
+        lam, vec = torch.linalg.eigh(cov)
+        lam, vec = lam.flip(0), vec.T.flip(0).reshape(c * k * k, c, k, k)
+        scaled = vec / torch.sqrt(lam + eps).view(-1, 1, 1, 1)
+        if stem.out_channels != 2 * len(scaled):
+            raise ValueError(f"whitening needs a stem of {2 * len(scaled)} channels, not {stem.out_channels}")
+        stem.weight.copy_(torch.cat([scaled, -scaled]).to(stem.weight.dtype))
 
     def features(self, x):
+        if self.tta == "flip" and not self.training:
+            return (self.body(self.normalize(x)) + self.body(self.normalize(x.flip(3)))) / 2
         return self.body(self.normalize(x))
 
     def head(self, feats):
@@ -90,7 +119,7 @@ class CifarResNet(nn.Module):
 
 
 ARCHITECTURES: dict[str, Callable[[ArchParams, int], nn.Module]] = {
-    "airbench": lambda p, k: AirbenchNet(tuple(p.widths), k),
+    "airbench": lambda p, k: AirbenchNet(tuple(p.widths), k, whiten=p.whiten, tta=p.tta),
     "resnet18": lambda p, k: CifarResNet(18, k),
     "resnet50": lambda p, k: CifarResNet(50, k),
 }

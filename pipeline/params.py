@@ -2,7 +2,7 @@
 
 Every stage reads its own section, so DVC tracks exactly the params a stage depends on. The
 schema is strict: unknown keys, wrong types (a string where a number belongs) and out-of-range
-values are refused with one line naming the key. Defaults follow science.md; choices marked
+values are refused with one line naming the key. Defaults follow docs/science.md; choices marked
 *reading* there are params with the documented default.
 """
 from __future__ import annotations
@@ -23,8 +23,14 @@ from .sampler_specs import SPECS
 NonNeg = Field(ge=0)
 
 
+MAX_SAMPLES = 1_000_000
+"""Most samples one sampler may be asked for (20× the paper's 50,000; 3 GB of uint8 images):
+a larger `n` is refused before any output is touched."""
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
+    """allow_inf_nan=False: a NaN or infinite number (`.nan`, `.inf`) is refused naming its key."""
 
 
 # ----------------------------------------------------------------------------- data
@@ -38,7 +44,7 @@ class DataParams(Strict):
     """Stratified deterministic subset of the training set (None: all 5,000 per class)."""
     test_per_class: Optional[int] = Field(default=None, gt=0)
     cov_ridge: float = Field(default=1e-4, ge=0)
-    """Added to every seed covariance's diagonal (science.md §4)."""
+    """Added to every seed covariance's diagonal (docs/science.md §4)."""
     seed: int = 0
 
 
@@ -47,6 +53,19 @@ class ArchParams(Strict):
     name: Literal["airbench", "resnet18", "resnet50"] = "airbench"
     widths: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=3, max_length=3)
     """Channel widths of the airbench net's three groups (ignored by ResNets)."""
+    whiten: bool = False
+    """airbench only: the 2x2 stem starts as the patch-whitening transform of the training images
+    (± the eigenvectors of their 2x2-patch covariance, scaled by 1/sqrt(eigenvalue)) and is frozen;
+    airbench's recipe, worth several points of accuracy in a few epochs (docs/judge.md)."""
+    tta: Literal["none", "flip"] = "none"
+    """airbench only: in eval mode the features are the mean over the image and its mirror image
+    (test-time augmentation: the network every user of the model sees, scoring included)."""
+
+    @model_validator(mode="after")
+    def _airbench_only(self):
+        if self.name != "airbench" and (self.whiten or self.tta != "none"):
+            raise ValueError(f"whiten / tta are options of the airbench net, not of {self.name}")
+        return self
 
 
 class AttackParams(Strict):
@@ -170,7 +189,7 @@ class ContrastiveParams(Strict):
     clean_weight: float = Field(default=0.5, ge=0)
     adv_weight: float = Field(default=0.5, ge=0)
     perturb: Literal["both", "second"] = "both"
-    """Which views the inner PGD perturbs (science.md §3 reading: both)."""
+    """Which views the inner PGD perturbs (docs/science.md §3 reading: both)."""
 
 
 class ProbeParams(Strict):
@@ -201,11 +220,11 @@ SAMPLER_NAMES = tuple(SPECS)  # the registry is the single list
 
 
 class SamplerParams(Strict):
-    """Every hyperparameter of science.md §4. All optional here: a sampler's section overrides
+    """Every hyperparameter of docs/science.md §4. All optional here: a sampler's section overrides
     `sample.defaults`, which holds the documented defaults."""
-    n: Optional[int] = Field(default=None, gt=0)
-    batch_size: Optional[int] = Field(default=None, gt=0)
-    shard_size: Optional[int] = Field(default=None, gt=0)
+    n: Optional[int] = Field(default=None, gt=0, le=MAX_SAMPLES)
+    batch_size: Optional[int] = Field(default=None, gt=0, le=MAX_SAMPLES)
+    shard_size: Optional[int] = Field(default=None, gt=0, le=MAX_SAMPLES)
     steps: Optional[int] = Field(default=None, ge=0)
     step_size: Optional[float] = Field(default=None, gt=0)
     eps: Optional[float] = Field(default=None, gt=0)
@@ -221,9 +240,9 @@ class SamplerParams(Strict):
 
 
 class ResolvedSamplerParams(Strict):
-    n: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    shard_size: int = Field(gt=0)
+    n: int = Field(gt=0, le=MAX_SAMPLES)
+    batch_size: int = Field(gt=0, le=MAX_SAMPLES)
+    shard_size: int = Field(gt=0, le=MAX_SAMPLES)
     steps: int = Field(ge=0)
     step_size: float = Field(gt=0)
     eps: float = Field(gt=0)
@@ -244,7 +263,7 @@ def _default_sampler_section() -> SamplerParams:
 
 
 class ControlParams(Strict):
-    """The control rows of science.md §6, written by the sample stage beside the samples."""
+    """The control rows of docs/science.md §6, written by the sample stage beside the samples."""
     n: int = Field(default=500, gt=1)
     """How many of the run's first samples the control rows use (the same seeds)."""
     steps: int = Field(default=2, ge=0)
@@ -357,7 +376,7 @@ def _format_error(err: ValidationError, source: str) -> str:
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     got = first.get("input")
-    got_txt = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+    got_txt = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {bounded(repr(got), 80)})"
     more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
     return f"{source}: {loc}: {msg}{got_txt}{more}"
 
@@ -371,6 +390,35 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         return Params.model_validate(raw)
     except ValidationError as err:
         raise ParamsError(_format_error(err, source)) from None
+
+
+def bounded(text: str, limit: int = 200) -> str:
+    """At most `limit` characters of `text` (an error message never echoes a huge input)."""
+    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more characters]"
+
+
+MAX_PARAMS_BYTES = 1 << 20
+"""A params file is a few KB; anything over 1 MiB is refused before it is parsed."""
+
+
+MAX_PARAMS_VALUES = 100_000
+"""Values a params file may expand to. YAML aliases are shared on load but expand whenever the
+mapping is walked (validation, an error message): nested aliases make a 1 KB "billion laughs" file
+into gigabytes, so the expanded size is counted (and bounded) first."""
+
+
+def _expanded_size(node, limit: int) -> int:
+    """Scalars + containers of `node` with every alias expanded, counting stops just past `limit`."""
+    count, stack = 0, [node]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
 
 
 class _Loader(yaml.SafeLoader):
@@ -390,11 +438,15 @@ _Loader.add_implicit_resolver(
 
 def yaml_load(text: str, where: str):
     try:
-        return yaml.load(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise ParamsError(f"{where}: not valid YAML{at}") from None
+        raise ParamsError(f"{bounded(where)}: not valid YAML{at}") from None
+    if _expanded_size(data, MAX_PARAMS_VALUES) > MAX_PARAMS_VALUES:
+        raise ParamsError(f"{bounded(where)}: expands to more than {MAX_PARAMS_VALUES:,} values "
+                          "(nested YAML aliases?); a params file is a few hundred")
+    return data
 
 
 def set_dotted(raw: dict, dotted: str, value: Any) -> None:
@@ -423,13 +475,20 @@ def read_raw(path: str | Path) -> dict:
         raise ParamsError(f"params file not found: {path}")
     if not path.is_file():
         raise ParamsError(f"params path {path} is not a file")
+    if path.stat().st_size > MAX_PARAMS_BYTES:
+        raise ParamsError(f"{path}: {path.stat().st_size} bytes, more than a params file can be ({MAX_PARAMS_BYTES})")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise ParamsError(f"cannot read params file {path}: {exc.strerror}") from None
-    return yaml_load(text, str(path)) or {}
+    raw = yaml_load(text, str(path))
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections, not a {type(raw).__name__}")
+    return raw
 
 
 def load_params(path: str | Path = "params.yaml", overrides: Optional[list[str]] = None) -> Params:

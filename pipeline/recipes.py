@@ -24,6 +24,8 @@ from .params import EvalAttackParams, SupervisedParams, UnsupervisedParams
 from .runtime import amp_decision, autocast, maybe_compile, wrap_ddp
 
 EVAL_SEED = 12345
+WHITEN_IMAGES = 5000
+"""Training images whose 2x2 patches set a whitening stem (airbench's number)."""
 
 
 def to_float(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -109,6 +111,9 @@ class SupervisedRecipe:
         torch.manual_seed(p.seed)
         self.num_classes = len(data.classes)
         model = (model if model is not None else build_classifier(p.arch, self.num_classes)).to(device)
+        if getattr(p.arch, "whiten", False):  # airbench's frozen whitening stem, from 5,000 training images
+            per_class = min(max(1, WHITEN_IMAGES // len(data.classes)), int(data.train.labels.bincount().min()))
+            model.init_whitening(data.train.images[stratified_indices(data.train.labels, per_class, EVAL_SEED)])
         self.cl = p.runtime.channels_last
         if self.cl:
             model = model.to(memory_format=torch.channels_last)

@@ -1,13 +1,15 @@
-"""The report: our table beside the paper's (science.md §5), the control rows, model accuracies,
+"""The report: our table beside the paper's (docs/science.md §5), the control rows, model accuracies,
 grids, a plot, and which of the paper's qualitative claims hold in this run."""
 from __future__ import annotations
 
 import json
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .controls import CONTROL_SETS, FAILED_LINE, margin
 from .data import atomic_write_text
 from .sampler_specs import SPECS
 
@@ -30,66 +32,102 @@ def load_scores(score_dir: Path) -> dict[str, dict]:
     return out
 
 
-NOISE_SIGMAS = 2.0
-"""An ordering is called only when the FID gap exceeds this many combined bootstrap noise sds."""
+VERDICTS = ("yes", "no", "within noise", "not scored", "withheld", "n/a")
+METRICS = {"fid": ("FID", -1), "is": ("IS", +1)}
+"""metric -> (label, direction): FID lower is better, IS higher is better."""
 
-VERDICTS = ("yes", "no", "within noise", "not scored")
+
+@dataclass(frozen=True)
+class Claim:
+    """One of the paper's qualitative claims: `better` beats every sampler in `others`
+    (kind 'beats'), or `better` is the worst of itself and `others` in FID (kind 'worst')."""
+    text: str
+    better: str
+    others: tuple[str, ...]
+    metrics: tuple[str, ...] = ("fid", "is")
+    kind: str = "beats"
+    label: str = "method"  # how a sampler is named in the detail: its method, or cond/uncond
 
 
-def claims(scores: dict[str, dict], space: str = "classifier") -> list[tuple[str, str, str]]:
-    """The paper's qualitative claims, judged by FID in one feature space (lower is better): 'yes'
-    or 'no' only when the gap exceeds NOISE_SIGMAS × the combined bootstrap noise of the two FIDs
-    (`fid_sd`, the noise of this N), else 'within noise': a run states only the orderings its
-    numbers support. A score without `fid_sd` (older files) is judged by the sign alone."""
-    def row(name):
-        s = scores.get(name, {}).get("samples", {}).get(space)
-        return s if isinstance(s, dict) and s.get("fid") is not None else None
+CLAIMS = (
+    Claim("CS beats TA", "cs", ("ta",)),
+    Claim("RCS beats TA", "rcs", ("ta",)),
+    Claim("Langevin has the worst FID of the four supervised samplers", "langevin", ("ta", "cs", "rcs"),
+          metrics=("fid",), kind="worst"),
+    Claim("MaxEnt beats PGD, unconditional", "maxent_uncond", ("pgd_uncond",)),
+    Claim("MaxEnt beats PGD, conditional", "maxent_cond", ("pgd_cond",)),
+    Claim("Conditional beats unconditional (PGD)", "pgd_cond", ("pgd_uncond",), label="cond"),
+    Claim("Conditional beats unconditional (MaxEnt)", "maxent_cond", ("maxent_uncond",), label="cond"),
+)
 
-    rows = []
 
-    def claim(text, better, worse, label):
-        """`better` should have the lower FID than every name in `worse`."""
-        b, ws = row(better), [row(w) for w in worse]
-        if b is None or any(w is None for w in ws):
-            rows.append((text, "not scored", "not scored"))
-            return
-        w_name, w = min(zip(worse, ws), key=lambda t: t[1]["fid"])  # the closest competitor decides
-        verdict, noise = _verdict(w["fid"] - b["fid"], b, w)
-        rows.append((text, verdict, f"{label(better)} {b['fid']:.2f} vs {label(w_name)} {w['fid']:.2f}{noise}"))
-
-    def name(sampler):  # the registry's row label
-        return SPECS[sampler].method
-
-    def cond(sampler):
+def _label(claim: Claim, sampler: str) -> str:
+    if claim.label == "cond":
         return "cond" if SPECS[sampler].conditional else "uncond"
-    claim("CS beats TA (FID)", "cs", ["ta"], name)
-    claim("RCS beats TA (FID)", "rcs", ["ta"], name)
-    rows.append(_langevin_worst(row, name))
-    claim("MaxEnt beats PGD, unconditional", "maxent_uncond", ["pgd_uncond"], name)
-    claim("MaxEnt beats PGD, conditional", "maxent_cond", ["pgd_cond"], name)
-    claim("Conditional beats unconditional (PGD)", "pgd_cond", ["pgd_uncond"], cond)
-    claim("Conditional beats unconditional (MaxEnt)", "maxent_cond", ["maxent_uncond"], cond)
-    return rows
+    return SPECS[sampler].method
 
 
-def _verdict(gap: float, a: dict, b: dict) -> tuple[str, str]:
-    """'yes' when `gap` (> 0: the claim's direction) exceeds the noise margin, 'no' when it is below
-    minus the margin, else 'within noise'; and the text that states gap and margin."""
-    sds = [a.get("fid_sd"), b.get("fid_sd")]
-    margin = NOISE_SIGMAS * math.sqrt(sum(s * s for s in sds)) if all(s is not None for s in sds) else 0.0
-    verdict = "yes" if gap > margin else ("no" if gap < -margin else "within noise")
-    return verdict, (f", gap {gap:+.2f} vs noise ±{margin:.2f}" if margin else "")
+def call(scores: dict[str, dict], claim: Claim, space: str, metric: str) -> tuple[str, str]:
+    """(verdict, detail) of one claim in one space and metric: 'yes'/'no' only when the gap
+    exceeds NOISE_SIGMAS × the combined bootstrap noise (`fid_sd` / `is_sd`, the noise of this N),
+    else 'within noise'; 'not scored' when a number is missing (a score without its sd is judged by
+    the sign alone: older files)."""
+    if metric not in claim.metrics:
+        return "n/a", "a claim about FID"
+    name, sign = METRICS[metric]
+
+    def row(sampler):
+        r = scores.get(sampler, {}).get("samples", {}).get(space)
+        return r if isinstance(r, dict) and r.get(metric) is not None else None
+    b, os_ = row(claim.better), [row(o) for o in claim.others]
+    if b is None or any(o is None for o in os_):
+        return "not scored", ""
+    # the closest competitor decides: for 'beats' the best other, for 'worst' the worst other
+    pick = min if (claim.kind == "beats") == (sign < 0) else max
+    o_name, o = pick(zip(claim.others, os_), key=lambda t: t[1][metric])
+    gap = (b[metric] - o[metric]) * sign * (1 if claim.kind == "beats" else -1)
+    need = margin(b.get(f"{metric}_sd"), o.get(f"{metric}_sd"))
+    verdict = "yes" if gap > need else ("no" if gap < -need else "within noise")
+    noise = f", gap {gap:+.2f} vs noise ±{need:.2f}" if need else ""
+    other = f"worst other ({_label(claim, o_name)})" if claim.kind == "worst" else _label(claim, o_name)
+    return verdict, f"{name} {_label(claim, claim.better)} {b[metric]:.2f} vs {other} {o[metric]:.2f}{noise}"
 
 
-def _langevin_worst(row, name) -> tuple[str, str, str]:
-    """'Langevin has the worst FID': Langevin's FID above the worst of the other three, by the noise."""
-    text = "Langevin has the worst FID of the four supervised samplers"
-    lang, others = row("langevin"), {n: row(n) for n in ("ta", "cs", "rcs")}
-    if lang is None or any(v is None for v in others.values()):
-        return text, "not scored", "not scored"
-    w_name, w = max(others.items(), key=lambda t: t[1]["fid"])
-    verdict, noise = _verdict(lang["fid"] - w["fid"], lang, w)
-    return text, verdict, f"Langevin {lang['fid']:.2f} vs worst other ({name(w_name)}) {w['fid']:.2f}{noise}"
+def space_status(controls: Optional[dict], space: str) -> Optional[str]:
+    """None when the space passed its controls, else why its verdicts are withheld."""
+    c = (controls or {}).get("spaces", {}).get(space)
+    if c is None:
+        return "no controls for this space (rerun `cem reference-stats`)"
+    return None if c["passed"] else FAILED_LINE
+
+
+def claims_table(scores: dict[str, dict], controls: Optional[dict], spaces: list[str]
+                 ) -> list[tuple[str, dict, str]]:
+    """Every claim, called per space and metric (columns), and whether the spaces agree: 'yes' when
+    every called verdict (yes/no) is the same and at least two spaces called one, 'no' when called
+    verdicts differ, '–' otherwise. A space that failed its controls calls nothing ('withheld')."""
+    out = []
+    for claim in CLAIMS:
+        cells, called = {}, {}
+        for space in spaces:
+            withheld = space_status(controls, space)
+            for metric in METRICS:
+                if withheld and metric in claim.metrics:
+                    cells[(space, metric)] = ("withheld", withheld)
+                    continue
+                verdict, detail = call(scores, claim, space, metric)
+                cells[(space, metric)] = (verdict, detail)
+                if verdict in ("yes", "no"):
+                    called.setdefault(space, set()).add(verdict)
+        flat = set().union(*called.values()) if called else set()
+        agree = "no" if len(flat) > 1 else ("yes" if len(called) >= 2 else "–")
+        out.append((claim.text, cells, agree))
+    return out
+
+
+def claims(scores: dict[str, dict], space: str = "classifier", metric: str = "fid") -> list[tuple[str, str, str]]:
+    """(claim, verdict, detail) for one space and metric, ignoring the controls (tests, quick looks)."""
+    return [(c.text, *call(scores, c, space, metric)) for c in CLAIMS]
 
 
 def plot_scores(scores: dict[str, dict], path: Path) -> None:
@@ -134,6 +172,29 @@ def model_rows(model_metrics: dict[str, Path]) -> list[str]:
     return lines
 
 
+def _pm(row: dict, key: str) -> str:
+    """'value ± sd' (or the value alone when no sd was computed)."""
+    sd = row.get(f"{key}_sd")
+    return _f(row.get(key)) + (f" ± {_f(sd)}" if sd is not None else "")
+
+
+def _control_rows(controls: Optional[dict], space: str, ncols: int) -> list[str]:
+    """The real and seeds control rows of a space, for the samplers' table (IS ceiling, floor)."""
+    sets = ((controls or {}).get("spaces", {}).get(space) or {}).get("sets", {})
+    out = []
+    for name, label in (("real", "real test images (IS ceiling)"), ("seeds", "untouched seeds")):
+        r = sets.get(name)
+        if r is None:
+            continue
+        if ncols == 11:
+            out.append(f"| control | | {label} | {r['n']} | {_pm(r, 'is')} | {_pm(r, 'fid')} | {_f(r['kid'], 4)} | "
+                       f"{_f(r.get('target_acc'), 1)} | | | |")
+        else:
+            is_txt = _pm(r, "is") if "is" in r else "–"
+            out.append(f"| control | | {label} | {r['n']} | {_pm(r, 'fid')} | {_f(r['kid'], 4)} | {is_txt} | | |")
+    return out
+
+
 def _space_row(s: dict, row: str, space: str) -> Optional[dict]:
     v = s.get(row, {}).get(space)
     return v if isinstance(v, dict) else None
@@ -146,8 +207,37 @@ def _n_text(scores: dict, space: str) -> str:
             f"{', '.join(map(str, refs))} reference (training) images")
 
 
+def controls_section(controls: Optional[dict], scores: dict) -> list[str]:
+    """The instruments' own test: each space's control rows and whether it passed."""
+    L = ["", "## Do the instruments work? Controls of every feature space", ""]
+    if controls is None:
+        return L + [f"**No controls in this run** (no controls file from `cem reference-stats`): {FAILED_LINE}.", ""]
+    L += [f"Before a feature space's numbers may call anything, it must rank sets whose order nobody disputes "
+          f"(N = {controls['n']} each, against the same {controls['reference_n']} reference images as the samplers): "
+          "real held-out images < degraded real images < untouched Gaussian seeds, in FID, each gap beyond "
+          f"{NOISE_SIGMAS:g}× the combined bootstrap noise. The real row's IS is the IS ceiling of the space. "
+          "docs/science.md explains why each control exists.", ""]
+    for space, c in controls["spaces"].items():
+        if c["passed"]:
+            L += [f"**{space} space: passed its controls** (`{c['extractor']}`).", ""]
+        else:
+            L += [f"> **⚠ {space} space: {FAILED_LINE}.** " + "; ".join(c["failures"]), ""]
+        L += ["| control set | what | FID ↓ (± sd) | IS (± sd) | KID | target acc (%) |", "|---|---|---|---|---|---|"]
+        for name, row in c["sets"].items():
+            what = controls.get("sets", {}).get(name, {}).get("description", CONTROL_SETS.get(name).description
+                                                                  if name in CONTROL_SETS else "")
+            is_txt = f"{_f(row.get('is'))} ± {_f(row.get('is_sd'))}" if row.get("is") is not None else "–"
+            L.append(f"| {name} | {what} | {_f(row.get('fid'))} ± {_f(row.get('fid_sd'))} | {is_txt} | "
+                     f"{_f(row.get('kid'), 4)} | {_f(row.get('target_acc'), 1)} |")
+        L += [""]
+    if controls.get("judge_temperature") is not None:
+        L += [f"The judge's softmax temperature, calibrated on training images when it was trained: "
+              f"{controls['judge_temperature']:.3f} (its IS uses logits / temperature).", ""]
+    return L
+
+
 def write_report(score_dir: Path, sample_dir: Path, model_metrics: dict[str, Path], out: Path,
-                 profile_note: str = "") -> Path:
+                 profile_note: str = "", controls: Optional[dict] = None) -> Path:
     scores = load_scores(score_dir)
     out = Path(out)
     folder = out.parent
@@ -176,8 +266,9 @@ def write_report(score_dir: Path, sample_dir: Path, model_metrics: dict[str, Pat
             if i is None:
                 L.append(f"{head} not scored | | | | {sp.paper_is} | {sp.paper_fid} |")
                 continue
-            is_txt = _f(i["is"]) if "is" in i else "unavailable offline"
-            L.append(f"{head} {i['n']} | {_f(i['fid'])} | {_f(i['kid'], 4)} | {is_txt} | {sp.paper_is} | {sp.paper_fid} |")
+            is_txt = _pm(i, "is") if "is" in i else "unavailable offline"
+            L.append(f"{head} {i['n']} | {_pm(i, 'fid')} | {_f(i['kid'], 4)} | {is_txt} | {sp.paper_is} | {sp.paper_fid} |")
+        L += _control_rows(controls, "inception", 9)
     else:
         L += ["Not computed in this run (`score.inception: false`, the CPU profile's default: Inception costs "
               "~0.1 s per image on a CPU). Turn it on with `dvc exp run -S score.inception=true` "
@@ -187,6 +278,8 @@ def write_report(score_dir: Path, sample_dir: Path, model_metrics: dict[str, Pat
           f"Feature space: the reference classifier (judge sha256 `{judge}`); {_n_text(scores, 'classifier')}. "
           "Comparable only between runs with the same judge; the paper's Inception numbers are repeated for "
           "orientation only.", "",
+          "Numbers are ± their bootstrap noise (sd). The last rows are the space's controls: real held-out images "
+          "(their IS is the ceiling) and untouched seeds.", "",
           "| training | sampling | method | n | judge IS ↑ | FID ↓ | KID ↓ | target acc (%) | diversity | paper IS | paper FID |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in ORDER:
@@ -196,10 +289,11 @@ def write_report(score_dir: Path, sample_dir: Path, model_metrics: dict[str, Pat
         if c is None:
             L.append(f"{head} not scored | | | | | | {sp.paper_is} | {sp.paper_fid} |")
             continue
-        L.append(f"{head} {c['n']} | {_f(c.get('is'))} | {_f(c['fid'])} | {_f(c['kid'], 4)} | "
+        L.append(f"{head} {c['n']} | {_pm(c, 'is')} | {_pm(c, 'fid')} | {_f(c['kid'], 4)} | "
                  f"{_f(c.get('target_acc'), 1)} | {_f(c.get('diversity'), 3)} | {sp.paper_is} | {sp.paper_fid} |")
+    L += _control_rows(controls, "classifier", 11)
     space = "inception" if incep else "classifier"
-    L += ["", "## Control rows (science.md §6: a standard judge is easy to fool)", "",
+    L += ["", "## Control rows per sampler (a judge is easy to fool: docs/science.md)", "",
           "The same seeds as each sampler's first samples (written by `cem sample`), scored untouched and after "
           f"{ctrl_key.replace('control_steps', '')} sampler steps. A sampler is only credited with what it adds "
           "beyond these rows. Diversity is the mean pairwise distance of judge features (within class for "
@@ -216,14 +310,26 @@ def write_report(score_dir: Path, sample_dir: Path, model_metrics: dict[str, Pat
         L.append(f"| {name} | {_f(a.get('fid'))} | {_f(b.get('fid'))} | {_f(c.get('fid'))} | {_f(ac.get('is'))} | "
                  f"{_f(ac.get('target_acc'), 1)} | {_f(bc.get('target_acc'), 1)} | {_f(cc.get('diversity'), 3)} | "
                  f"{_f(s.get('real_diversity'), 3)} |")
-    L += ["", f"## The paper's qualitative claims in this run ({space}-space FID)", "",
-          f"An ordering is called (yes/no) only when the FID gap exceeds {NOISE_SIGMAS:g}× the combined noise of "
-          "the two FIDs (each FID's standard deviation over bootstrap resamples of its samples: the noise of "
-          "this N); otherwise it is **within noise**, and this run says nothing about it. Where a claim is "
-          "'no', this run does **not** reproduce that ordering at its scale (model strength, N).", "",
-          "| claim | holds | numbers |", "|---|---|---|"]
-    for text, verdict, detail in claims(scores, space):
-        L.append(f"| {text} | {'–' if verdict == 'not scored' else verdict} | {detail} |")
+    L += controls_section(controls, scores)
+    spaces = [sp for sp in ("classifier", "inception") if any(_space_row(s, "samples", sp) for s in scores.values())]
+    L += ["", "## The paper's qualitative claims in this run", "",
+          f"Each claim is called per feature space, in FID and in IS. An ordering is called (yes/no) only when "
+          f"its gap exceeds {NOISE_SIGMAS:g}× the combined noise of the two numbers (each number's standard "
+          "deviation over bootstrap resamples of its samples: the noise of this N); otherwise it is **within "
+          "noise**, and this run says nothing about it. A space that failed its controls calls nothing "
+          "(**withheld**). *agree*: whether the spaces that called the claim called it the same way. Where a "
+          "claim is 'no', this run does **not** reproduce that ordering at its scale (model strength, N).", ""]
+    cols = [(sp, m) for sp in spaces for m in METRICS]
+    L += ["| claim | " + " | ".join(f"{sp} {METRICS[m][0]}" for sp, m in cols) + " | agree |",
+          "|---|" + "---|" * (len(cols) + 1)]
+    details = []
+    for text, cells, agree in claims_table(scores, controls, spaces):
+        L.append(f"| {text} | " + " | ".join("–" if cells[c][0] in ("not scored",) else cells[c][0]
+                                            for c in cols) + f" | {agree} |")
+        details += [f"- {text}, {sp} {METRICS[m][0]}: {cells[(sp, m)][1]}" for sp, m in cols
+                    if cells[(sp, m)][0] not in ("n/a", "withheld", "not scored")]
+    if details:
+        L += ["", "The numbers behind each call:", ""] + details
     L += ["", "## Trained models", ""] + model_rows(model_metrics)
     if scores:
         plot_scores(scores, folder / "scores.png")

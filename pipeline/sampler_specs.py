@@ -22,7 +22,7 @@ class SamplerSpec:
     paper_is: Optional[float]  # Wang et al. 2022, CIFAR-10, 50k samples, Inception IS / FID
     paper_fid: Optional[float]
     defaults: dict = field(default_factory=dict)
-    """This sampler's values that differ from `sample.defaults` (a reading of science.md)."""
+    """This sampler's values that differ from `sample.defaults` (a reading of docs/science.md)."""
     best_iterate: bool = False
     """Accepts `return_best` (return the iterate with the highest objective)."""
 

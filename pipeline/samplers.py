@@ -1,4 +1,4 @@
-"""Adversarial samplers (science.md §4), registered by name.
+"""Adversarial samplers (docs/science.md §4), registered by name.
 
 A sampler = a seed distribution (class-conditional or unconditional Gaussian) + an objective
 J(x) to ascend + a step rule + optional noise + a projection. All of them run on the one engine,

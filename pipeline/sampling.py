@@ -23,7 +23,8 @@ from .errors import CemError
 from .params import ControlParams, ResolvedSamplerParams, RuntimeParams
 from .runtime import amp_decision, maybe_compile
 from .progress import log, progress_bar
-from .sample_files import CONTROLS_FILE, load_sample_file, load_shards, shard_paths
+from .sample_files import (CONTROLS_FILE, IMAGE_SHAPE, load_sample_file, load_shards, provenance, read_json_file,
+                           shard_expectation, shard_paths, shard_problem)
 from .samplers import SAMPLERS, SamplingContext, build_bank, generate_batch, seeds_on, to_uint8
 
 
@@ -50,6 +51,9 @@ def prepare_context(name: str, rp: ResolvedSamplerParams, model_path: Path, data
         p.requires_grad_(False)
     seeds = load_seeds(data_dir)
     num_classes = blob["num_classes"]
+    if sampler.conditional and sampler.model_kind == "classifier" and num_classes != len(seeds["classes"]):
+        raise CemError(f"{model_path} has {num_classes} classes but the prepared data in {data_dir} has "
+                       f"{len(seeds['classes'])}: retrain the model on this data (dvc repro does) or prepare its data")
     ctx = SamplingContext(model, rp, num_classes)
     if sampler.model_kind == "contrastive":
         ds = load_dataset(data_dir)
@@ -71,15 +75,25 @@ def config_hash(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir
     return h.hexdigest()[:16]
 
 
-def _reset_if_stale(out: Path, cfg_path: Path, chash: str, name: str, rp: ResolvedSamplerParams) -> None:
-    """Discard shards made under another config; record the current one."""
-    if cfg_path.exists() and json.loads(cfg_path.read_text()).get("hash") != chash:
+def _reset_if_stale(out: Path, cfg_path: Path, chash: str, name: str, rp: ResolvedSamplerParams,
+                    expect: dict) -> None:
+    """Discard shards made under another config, and any shard that does not prove it belongs to
+    this one (its provenance: sampler, config hash, index, shape); record the current config.
+    meta.json goes too: it is rewritten when the folder is complete."""
+    old = read_json_file(cfg_path, "sample config") if cfg_path.exists() else None
+    if old is not None and old.get("hash") != chash:
         stale = shard_paths(out)
         log(f"sample {name}: discarding {len(stale)} shard(s) made with other params/model")
         for path in stale:
             path.unlink()
+    for path in shard_paths(out):
+        problem = shard_problem(path, expect)
+        if problem:
+            log(f"sample {name}: discarding {path.name}: {problem}")
+            path.unlink()
     for path in out.glob(".*.tmp*"):
         path.unlink()
+    (out / "meta.json").unlink(missing_ok=True)
     atomic_write_text(cfg_path, json.dumps({"hash": chash, "sampler": name, **rp.model_dump()}, indent=2) + "\n")
 
 
@@ -87,6 +101,7 @@ def run_sampling(name: str, rp: ResolvedSamplerParams, model_path: Path, data_di
                  device, controls: Optional[ControlParams] = None, run=None,
                  runtime: Optional[RuntimeParams] = None) -> dict:
     sampler, ctx, seeds, blob = prepare_context(name, rp, model_path, data_dir, device, runtime)
+    model_sha = sha256_file(model_path)
     amp, why = amp_decision(runtime, device) if runtime is not None else (False, "fp32")
     if run is not None:
         run.set_tags({"runtime.amp": why})
@@ -95,10 +110,11 @@ def run_sampling(name: str, rp: ResolvedSamplerParams, model_path: Path, data_di
     out.mkdir(parents=True, exist_ok=True)
     chash = config_hash(name, rp, model_path, data_dir, amp)
     cfg_path = out / "config.json"
-    if w.main:
-        _reset_if_stale(out, cfg_path, chash, name, rp)
-    distributed.barrier()
     n_shards = math.ceil(rp.n / rp.shard_size)
+    expect = shard_expectation(name, chash, rp.n, rp.shard_size, IMAGE_SHAPE)
+    if w.main:
+        _reset_if_stale(out, cfg_path, chash, name, rp, expect)
+    distributed.barrier()
     per_shard_batches = rp.shard_size // rp.batch_size
     j_sums, generated, t0 = {"first": 0.0, "last": 0.0}, 0, time.perf_counter()
     mine = range(w.rank, n_shards, w.size)  # shard s belongs to rank s mod world size
@@ -131,9 +147,11 @@ def run_sampling(name: str, rp: ResolvedSamplerParams, model_path: Path, data_di
                 advance(count)
             # each shard carries its own objective sums, so meta.json can describe every shard,
             # including those made by an earlier (interrupted) run
-            atomic_torch_save({"images": torch.cat(images), "labels": torch.cat(labels),
+            imgs = torch.cat(images)
+            atomic_torch_save({"images": imgs, "labels": torch.cat(labels),
                                "objective_first_sum": j_sums["first"], "objective_last_sum": j_sums["last"],
-                               "objective_steps": rp.steps}, path)
+                               "objective_steps": rp.steps,
+                               "provenance": provenance(expect, s, imgs, model_sha, rp.seed)}, path)
             j_sums = {"first": 0.0, "last": 0.0}
     elapsed = time.perf_counter() - t0
     distributed.barrier()
@@ -174,7 +192,7 @@ def _objective_sums(folder: Path) -> tuple[float, float, int]:
 # ----------------------------------------------------------------------------- control rows
 def write_controls(out: Path, name: str, sampler, ctx, seeds, rp: ResolvedSamplerParams, controls: ControlParams,
                    chash: str, device, amp: bool = False) -> Path:
-    """The control rows of science.md §6: the seeds of the first `controls.n` samples, untouched and
+    """The control rows of docs/science.md §6: the seeds of the first `controls.n` samples, untouched and
     after `controls.steps` sampler steps, drawn exactly as the run drew them (same batch generators).
     Written by the sample stage so that scoring is a pure function of files."""
     path = out / CONTROLS_FILE

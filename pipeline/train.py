@@ -1,4 +1,4 @@
-"""The training loop shared by the three trainings (science.md §3): schedule, optimizer, atomic
+"""The training loop shared by the three trainings (docs/science.md §3): schedule, optimizer, atomic
 checkpoints, bit-identical resume, evaluation cadence, outputs. What a step *is* lives in
 `recipes` (supervised PGD-AT / standard training, contrastive AT).
 
@@ -229,8 +229,44 @@ def _plot_history(history: list[dict], path: Path, title: str) -> None:
     tmp.replace(path)
 
 
+CALIBRATION_PER_CLASS = 500
+"""Training images per class on which the judge's softmax temperature is fitted."""
+
+
+@torch.no_grad()
+def calibrate_temperature(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device,
+                          batch_size: int = 500) -> float:
+    """The softmax temperature T minimising the NLL of softmax(logits / T) on these images (no
+    augmentation, eval mode): a golden-section search over log T in float64, deterministic. A
+    judge trained with label smoothing is under-confident; its IS is only a meaningful number (and
+    the IS of real images a meaningful ceiling) once its probabilities are calibrated."""
+    from .recipes import to_float
+    was = model.training
+    model.eval()
+    logits = torch.cat([model(to_float(images[i:i + batch_size], device, False)).double().cpu()
+                        for i in range(0, len(labels), batch_size)])
+    model.train(was)
+
+    def nll(log_t: float) -> float:
+        return float(torch.nn.functional.cross_entropy(logits / math.exp(log_t), labels))
+    lo, hi = math.log(0.05), math.log(20.0)
+    g = (math.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(80):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = nll(b)
+    return round(math.exp((lo + hi) / 2), 6)
+
+
 def _train(p, recipe, stage: str, section: str, data: Dataset, device, run, resume, restart, metrics_dir,
-           data_hash: str) -> dict:
+           data_hash: str, calibrate: bool = False) -> dict:
     """Any recipe through the shared loop; the checkpoint identity is the params section (less
     runtime) + the data hash. Returns the final metrics (empty on ranks other than 0)."""
     run.set_tags({"runtime.amp": recipe.amp_reason})
@@ -242,6 +278,14 @@ def _train(p, recipe, stage: str, section: str, data: Dataset, device, run, resu
         return {}
     extra = {"eval_attack": f"{p.eval_attack.norm} eps={p.eval_attack.eps:.4g} PGD-{p.eval.attack_steps}"}
     blob = recipe.model_blob(run.run_id, spec.params_hash)
+    if calibrate:  # the judge: its IS reads calibrated probabilities (scoring divides logits by T)
+        from .data import stratified_indices
+        from .recipes import EVAL_SEED
+        per_class = min(CALIBRATION_PER_CLASS, int(data.train.labels.bincount().min()))
+        idx = stratified_indices(data.train.labels, per_class, EVAL_SEED)
+        blob["temperature"] = extra["temperature"] = calibrate_temperature(
+            recipe.model, data.train.images[idx], data.train.labels[idx], device)
+        log(f"{stage}: softmax temperature {blob['temperature']:.3f} (NLL-calibrated on {len(idx)} training images)")
     if recipe.kind == "contrastive":  # the curves plot the linear probe's accuracies
         spec.history = [{**h, "clean_acc": h.get("probe_clean_acc", h.get("clean_acc")),
                          "robust_acc": h.get("probe_robust_acc", h.get("robust_acc"))} for h in spec.history]
@@ -249,14 +293,15 @@ def _train(p, recipe, stage: str, section: str, data: Dataset, device, run, resu
 
 
 def train_supervised(p: SupervisedParams, data: Dataset, run, stage: str, section: str, metrics_dir: Path,
-                     resume: Optional[Path] = None, restart: bool = False, data_hash: str = "") -> dict:
+                     resume: Optional[Path] = None, restart: bool = False, data_hash: str = "",
+                     calibrate: bool = False) -> dict:
     """PGD-AT (Madry); with attack.eps = 0 it is standard training (the reference classifier). With
     `source: robustbench:<name>` a public robust model takes the place of training."""
     if p.source != "train":
         return import_supervised(p, data, run, stage, section, metrics_dir)
     device = setup_runtime(p.runtime)
     return _train(p, SupervisedRecipe(p, data, device), stage, section, data, device, run, resume, restart,
-                  metrics_dir, data_hash)
+                  metrics_dir, data_hash, calibrate)
 
 
 def import_supervised(p: SupervisedParams, data: Dataset, run, stage: str, section: str, metrics_dir: Path) -> dict:

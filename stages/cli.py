@@ -32,5 +32,25 @@ app.command("check-inception")(check_inception.check_inception)
 app.command("report")(report.report)
 app.command("profile")(profile.profile)
 
+def main() -> None:
+    """The `cem` entry point: a usage error (unknown option, `--n abc`) is one line, exit code 2,
+    like every other bad input (click would print a framed box)."""
+    import sys
+    try:  # typer >= 0.20 vendors click
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover - older typer with click itself
+        from click import exceptions as cx
+    try:
+        rv = app(standalone_mode=False)
+    except cx.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:  # bare `cem` / `cem train`
+            print(exc.ctx.get_help())
+            sys.exit(2)
+        cmd = exc.ctx.command_path if exc.ctx is not None else "cem"
+        print(f"error: {cmd}: {' '.join(exc.format_message().split())}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

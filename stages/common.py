@@ -38,8 +38,9 @@ def user_errors(fn):
         signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends like Ctrl-C: outputs stay whole, run KILLED
         try:
             return fn(*args, **kwargs)
-        except CemError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except CemError as exc:  # one line, bounded: a message never echoes a huge input
+            text = " ".join(str(exc).split())
+            print(f"error: {text if len(text) <= 2000 else text[:2000] + ' ...'}", file=sys.stderr)
             raise typer.Exit(exc.exit_code)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

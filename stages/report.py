@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.controls import FAILED_LINE, read_controls
 from pipeline.progress import log
 from pipeline.report import write_report
 from pipeline.tracking import stage_run
@@ -19,9 +20,15 @@ def report(params: ParamsPath = Path("params.yaml"), overrides: Overrides = None
                            {"supervised AT (sampled)": Path(p.metrics_dir) / "train_sup.json",
                             "unsupervised AT encoder + linear probe (sampled)": Path(p.metrics_dir) / "train_unsup.json",
                             "reference classifier (judge)": Path(p.metrics_dir) / "train_ref.json"},
-                           Path(p.report.out))
+                           Path(p.report.out), controls=read_controls(Path(p.score.reference_dir)))
         run.log_artifact(out)
+        controls = read_controls(Path(p.score.reference_dir)) or {"spaces": {}}
+        run.set_tags({f"instrument.{k}": "passed its controls" if c["passed"] else FAILED_LINE
+                      for k, c in controls["spaces"].items()} or {"instrument": f"no controls: {FAILED_LINE}"})
         for extra in ("scores.png",):
             if (out.parent / extra).exists():
                 run.log_artifact(out.parent / extra)
+    for k, c in controls["spaces"].items():
+        if not c["passed"]:
+            log(f"report: {k} space: {FAILED_LINE}")
     log(f"report: {out}")

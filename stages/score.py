@@ -11,8 +11,10 @@ import typer
 from pipeline.data import atomic_write_text, read_manifest
 from pipeline.errors import CemError
 from pipeline.params import SAMPLER_NAMES
+from pipeline.locks import exclusive
 from pipeline.progress import log
-from pipeline.scoring import score_samples
+from pipeline.sample_files import IMAGE_SHAPE, read_json_file
+from pipeline.scoring import checked_samples, read_reference_stats, reference_images, score_samples, spaces
 from pipeline.tracking import stage_run
 from pipeline.runtime import setup_runtime
 
@@ -30,9 +32,16 @@ def score(
         raise CemError(f"unknown sampler '{name}'; choose one of {', '.join(SAMPLER_NAMES)}", exit_code=2)
     p = load(params, overrides)
     device = setup_runtime(p.sample.runtime)
-    meta_path = Path(p.sample.out_dir) / name / "meta.json"
-    sample_run = json.loads(meta_path.read_text()).get("mlflow_run_id", "") if meta_path.exists() else ""
-    with stage_run(p.experiment, f"score_{name}", p.score, tags={"sampler": name},
+    folder = Path(p.sample.out_dir) / name
+    # every input is checked before an MLflow run opens or a byte is written
+    _, _, ident = reference_images(p)
+    checked_samples(name, folder, IMAGE_SHAPE)
+    _, enabled = spaces(p)
+    for space in enabled:
+        read_reference_stats(Path(p.score.reference_dir) / f"{space.name}.npz", space, ident)
+    sample_run = read_json_file(folder / "meta.json", "sample meta").get("mlflow_run_id", "")
+    with exclusive(Path(p.score.out_dir) / name, f"score {name}"), \
+            stage_run(p.experiment, f"score_{name}", p.score, tags={"sampler": name},
                    upstream={"prepare": read_manifest(p.data.out_dir).get("mlflow_run_id", ""),
                              "sample": sample_run}) as run:
         result = score_samples(name, p, device, run)

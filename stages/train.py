@@ -36,9 +36,10 @@ def _run(section: str, params: Path, overrides, epochs, resume, restart):
     with exclusive(sec.out_dir, stage), \
             stage_run(p.experiment, stage, sec, upstream={"prepare": manifest.get("mlflow_run_id", "")},
                       tags={"data.sha256": data_hash}) as run:
+        kwargs = {"calibrate": True} if section == "train_ref" else {}  # the judge's IS needs calibrated probabilities
         fn = trainer.train_unsupervised if section == "train_unsup" else trainer.train_supervised
         metrics = fn(sec, ds, run, stage, section, Path(p.metrics_dir), resume=resume, restart=restart,
-                     data_hash=data_hash)
+                     data_hash=data_hash, **kwargs)
     if metrics:  # empty on ranks other than 0 under torchrun
         log(f"{stage}: " + json.dumps(metrics))
 

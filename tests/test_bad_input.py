@@ -239,3 +239,50 @@ def test_polling_a_store_that_mlflow_is_still_creating_is_not_an_error(tmp_path)
     db = tmp_path / "mlflow.db"
     sqlite3.connect(db).close()  # the file exists, its tables do not yet (MLflow's first seconds)
     assert _runs(db) == 0
+
+
+def test_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    path = tmp_path / "params.yaml"
+    path.write_text(bomb)
+    proc = cem("prepare", "--params", str(path), check=False)
+    assert "expands to more than 100,000 values" in one_line(proc, 2)
+    assert len(proc.stderr) < 500
+
+
+def test_params_whose_top_level_is_a_list_is_one_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("- data\n- train_sup\n")
+    assert "top level must be a mapping" in one_line(cem("prepare", "--params", str(path), check=False), 2)
+
+
+def test_huge_values_are_not_echoed_in_full(tmp_path, image_folder):
+    params = _params(tmp_path, image_folder)
+    proc = cem("prepare", "--params", str(params), "--set", "data.seed=" + "x" * 100_000, check=False)
+    assert "data.seed" in one_line(proc, 2) and len(proc.stderr) < 1000
+
+
+def test_a_lock_path_that_is_a_directory_is_one_line(prepared, tmp_path):
+    tmp, _ = prepared
+    (tmp_path / ".ref.lock").mkdir()
+    _, raw = prepared
+    raw = json.loads(json.dumps(raw))
+    raw["train_ref"]["out_dir"] = str(tmp_path / "ref")
+    params = write_params(tmp_path, raw)
+    line = one_line(cem("train", "reference", "--params", str(params), check=False))
+    assert "cannot open the lock file" in line and ".ref.lock" in line
+
+
+def test_a_failed_write_leaves_no_temp_file_and_is_one_line(tmp_path, monkeypatch):
+    import torch
+    from pipeline.data import atomic_torch_save
+    from pipeline.errors import CemError
+
+    def full_disk(obj, f, *a, **k):
+        open(f, "wb").write(b"\0" * 1024)
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 896 vs 790")
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CemError, match="is the disk full"):
+        atomic_torch_save({"x": 1}, tmp_path / "ckpt.pt")
+    assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,4 @@
-"""science.md §2 identities, autograd vs closed form, float64, tolerance 1e-5."""
+"""docs/science.md §2 identities, autograd vs closed form, float64, tolerance 1e-5."""
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -76,5 +76,5 @@ def test_committed_params_file_is_valid():
 def test_sampler_sections_override_defaults():
     p = parse_params({"sample": {"defaults": {"steps": 7}, "cs": {"steps": 3}}})
     assert p.sample.resolved("cs").steps == 3 and p.sample.resolved("ta").steps == 7
-    assert p.sample.resolved("langevin").noise_std == 0.01  # JEM's decoupled noise (science.md reading)
+    assert p.sample.resolved("langevin").noise_std == 0.01  # JEM's decoupled noise (docs/science.md reading)
     assert p.sample.resolved("ta").noise_std == 0.0

@@ -13,8 +13,8 @@ FIDS = {"ta": 10.0, "cs": 9.0, "rcs": 6.0, "langevin": 20.0,
 
 def test_orderings_are_called_only_beyond_the_noise():
     got = {text: verdict for text, verdict, _ in claims(_scores(FIDS, sd=0.5))}  # margin 2·√2·0.5 = 1.41
-    assert got["CS beats TA (FID)"] == "within noise"            # gap 1.0
-    assert got["RCS beats TA (FID)"] == "yes"                    # gap 4.0
+    assert got["CS beats TA"] == "within noise"            # gap 1.0
+    assert got["RCS beats TA"] == "yes"                    # gap 4.0
     assert got["Langevin has the worst FID of the four supervised samplers"] == "yes"
     assert got["MaxEnt beats PGD, unconditional"] == "within noise"
     assert got["MaxEnt beats PGD, conditional"] == "no"          # reversed by 2.5
@@ -23,8 +23,8 @@ def test_orderings_are_called_only_beyond_the_noise():
 
 def test_detail_states_gap_and_noise_and_old_scores_fall_back_to_the_sign():
     rows = {text: (verdict, detail) for text, verdict, detail in claims(_scores(FIDS, sd=0.5))}
-    assert rows["CS beats TA (FID)"][1] == "CS 9.00 vs TA 10.00, gap +1.00 vs noise ±1.41"
+    assert rows["CS beats TA"][1] == "FID CS 9.00 vs TA 10.00, gap +1.00 vs noise ±1.41"
     no_sd = {text: verdict for text, verdict, _ in claims(_scores(FIDS, sd=None))}
-    assert no_sd["CS beats TA (FID)"] == "yes" and no_sd["MaxEnt beats PGD, conditional"] == "no"
+    assert no_sd["CS beats TA"] == "yes" and no_sd["MaxEnt beats PGD, conditional"] == "no"
     missing = dict((t, v) for t, v, _ in claims(_scores({k: v for k, v in FIDS.items() if k != "ta"}, 0.5)))
-    assert missing["CS beats TA (FID)"] == "not scored"
+    assert missing["CS beats TA"] == "not scored"

@@ -118,7 +118,10 @@ def _score_params(trained, tmp_path, **score):
 def test_score_and_report_stages(trained, tmp_path):
     raw, params = _score_params(trained, tmp_path)
     cem("reference-stats", "--params", params)
-    assert sorted(p.name for p in (tmp_path / "refstats").iterdir()) == ["classifier.npz"]
+    assert sorted(p.name for p in (tmp_path / "refstats").iterdir()) == ["classifier.npz", "controls.json"]
+    controls = json.loads((tmp_path / "refstats" / "controls.json").read_text())
+    assert set(controls["spaces"]["classifier"]["sets"]) == {"real", "blur", "noise", "seeds"}
+    assert controls["n"] == 20 and isinstance(controls["spaces"]["classifier"]["passed"], bool)
     for name in ("cs", "maxent_uncond"):
         cem("sample", name, "--params", params)
         assert (tmp_path / "samples" / name / "controls.pt").exists()
@@ -137,6 +140,9 @@ def test_score_and_report_stages(trained, tmp_path):
     assert "| supervised | cond | CS | 20 |" in text and "| 9.77 | 56.26 |" in text
     assert "Inception space" in text and "Not computed in this run" in text
     assert "Control rows" in text and "(grids/cs.png)" in text
+    assert "Controls of every feature space" in text and "real test images (IS ceiling)" in text
+    if not controls["spaces"]["classifier"]["passed"]:  # the tiny synthetic judge may fail: then it says so
+        assert "instrument failed its controls: verdicts withheld" in text and "| withheld |" in text
     assert (tmp_path / "reports" / "grids" / "cs.png").exists() and (tmp_path / "reports" / "scores.png").exists()
 
 
