@@ -43,6 +43,31 @@ def restore_rng(ckpt: dict) -> None:
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
 
+LINEAGE_FILE = "lineage.json"
+"""Beside model.pt: which MLflow run made it. Lineage lives beside an artifact, never inside it, so
+the same training gives the same model.pt bytes (and DVC's caches work)."""
+
+
+def write_lineage(model_path: Path, run_id: str, stage: str) -> None:
+    import json
+
+    from .data import atomic_write_text
+    atomic_write_text(Path(model_path).parent / LINEAGE_FILE,
+                      json.dumps({"mlflow_run_id": run_id, "stage": stage}, indent=2) + "\n")
+
+
+def model_run_id(model_path: Path) -> str:
+    """The MLflow run that made a model file ('' when unknown); older model files carried it inside."""
+    from .files import read_json_file
+    path = Path(model_path).parent / LINEAGE_FILE
+    if path.exists():
+        return str(read_json_file(path, "model lineage").get("mlflow_run_id", ""))
+    try:
+        return str(load_model_file(model_path).get("mlflow_run_id", ""))
+    except CemError:
+        return ""
+
+
 def load_model_file(path: Path) -> dict:
     """A final model file (`model.pt`) written by a training stage."""
     path = Path(path)

@@ -48,6 +48,20 @@ class Dataset:
 # ----------------------------------------------------------------------------- sources
 MAX_MEMBER_BYTES = 1 << 20
 """A CIFAR image file is a few KB: a larger archive member is refused before it is read."""
+MAX_TOTAL_BYTES = 512 << 20
+"""All image files of a source together: CIFAR-10 is ~90 MB as JPEG, ~150 MB as PNG. A source past
+this is refused while it is read (before its images are decoded), so an archive of thousands of
+members at the per-member cap cannot fill the memory."""
+
+
+def _capped(entries: Iterable[tuple[str, str, str, bytes]], origin) -> Iterable[tuple[str, str, str, bytes]]:
+    total = 0
+    for entry in entries:
+        total += len(entry[3])
+        if total > MAX_TOTAL_BYTES:
+            raise CemError(f"data source {origin}: its images exceed {MAX_TOTAL_BYTES:,} bytes in all (at "
+                           f"{entry[2]}); an image dataset of this kind needs far less: refusing it")
+        yield entry
 
 
 def _decode(blob: bytes, name: str) -> np.ndarray:
@@ -136,7 +150,7 @@ def _read_tar(path: Path, per_class, seed) -> Dataset:
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             raise CemError(f"cannot read archive {path}: {exc.__class__.__name__}; "
                            "is it a complete .tar/.tar.gz?") from None
-    return _assemble(entries(), str(path), per_class, seed)
+    return _assemble(_capped(entries(), path), str(path), per_class, seed)
 
 
 def _read_dir(path: Path, per_class, seed) -> Dataset:
@@ -152,7 +166,7 @@ def _read_dir(path: Path, per_class, seed) -> Dataset:
                         raise CemError(f"data source {path}: {rel} is {file.stat().st_size} bytes, more than "
                                        f"the {MAX_MEMBER_BYTES} an image may have")
                     yield found[0], found[1], str(rel), file.read_bytes()
-    return _assemble(entries(), str(path), per_class, seed)
+    return _assemble(_capped(entries(), path), str(path), per_class, seed)
 
 
 def _read_torchvision(download_dir: Path, per_class, seed) -> Dataset:
@@ -332,7 +346,8 @@ def read_manifest(out_dir: str | Path) -> dict:
     path = Path(out_dir) / "manifest.json"
     if not path.exists():
         return {}
-    return json.loads(path.read_text())
+    from .files import read_json_file
+    return read_json_file(path, "prepare manifest")
 
 
 def load_and_fit(source: str, download_dir: str, train_per_class: Optional[int], test_per_class: Optional[int],

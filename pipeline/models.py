@@ -81,10 +81,20 @@ class AirbenchNet(nn.Module):
             raise ValueError(f"whitening needs a stem of {2 * len(scaled)} channels, not {stem.out_channels}")
         stem.weight.copy_(torch.cat([scaled, -scaled]).to(stem.weight.dtype))
 
+    def _mirror(self, x):
+        return (self.body(self.normalize(x)) + self.body(self.normalize(x.flip(3)))) / 2
+
     def features(self, x):
-        if self.tta == "flip" and not self.training:
-            return (self.body(self.normalize(x)) + self.body(self.normalize(x.flip(3)))) / 2
-        return self.body(self.normalize(x))
+        if self.training or self.tta == "none":
+            return self.body(self.normalize(x))
+        if self.tta == "flip":
+            return self._mirror(x)
+        # flip_translate (airbench's level 2): half the mirror average, half that of the image
+        # shifted one pixel up-left and down-right (reflect padding); 6 passes
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        shifted = (self._mirror(padded[..., 0:h, 0:w]) + self._mirror(padded[..., 2:h + 2, 2:w + 2])) / 2
+        return 0.5 * self._mirror(x) + 0.5 * shifted
 
     def head(self, feats):
         return self.fc(feats)

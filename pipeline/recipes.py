@@ -133,7 +133,7 @@ class SupervisedRecipe:
         p, device = self.p, self.device
         x = to_float(xb, device, self.cl)
         if p.augment:
-            x = augment.crop_flip(x, gen)
+            x = augment.crop_flip(x, gen, pad=p.crop_pad)
         start = random_init(self.threat, x, gen)[rows] if self.adversarial and self.random_start else None
         x, y = x[rows], yb[rows].to(device)
         with autocast(device, self.amp):  # the attack and the training forward
@@ -151,8 +151,10 @@ class SupervisedRecipe:
         p = self.p
         idx = self.test_idx_final if final else self.test_idx_epoch
         steps = p.eval.attack_steps if final else p.eval.epoch_attack_steps
+        # the final clean accuracy of a standard model (the judge) is measured in fp32, as scoring uses it
+        amp = self.amp and not (final and not self.adversarial)
         res = evaluate(self.model, self.data.test.images[idx], self.data.test.labels[idx], p.eval_attack, steps,
-                       p.eval.batch_size, self.device, self.cl, self.amp)
+                       p.eval.batch_size, self.device, self.cl, amp)
         if final:
             res["eval_images"] = len(idx)
             if p.eval.final_attack == "autoattack" and p.eval_attack.eps > 0 and steps > 0:
@@ -162,7 +164,7 @@ class SupervisedRecipe:
     def model_blob(self, run_id: str, params_hash: str) -> dict:
         return {"kind": "classifier", "arch": self.p.arch.model_dump(), "num_classes": self.num_classes,
                 "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},
-                "mlflow_run_id": run_id, "params_hash": params_hash, "classes": self.data.classes}
+                "params_hash": params_hash, "classes": self.data.classes}
 
 
 # ----------------------------------------------------------------------------- contrastive
@@ -259,7 +261,7 @@ class ContrastiveRecipe:
                 "tau": self.p.contrastive.tau, "num_classes": len(self.data.classes),
                 "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},
                 "probe_state_dict": {k: v.cpu() for k, v in self.probe.fc.state_dict().items()},
-                "mlflow_run_id": run_id, "params_hash": params_hash, "classes": self.data.classes}
+                "params_hash": params_hash, "classes": self.data.classes}
 
 
 @torch.no_grad()

@@ -2,15 +2,15 @@
 grids, a plot, and which of the paper's qualitative claims hold in this run."""
 from __future__ import annotations
 
-import json
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .controls import CONTROL_SETS, FAILED_LINE, margin
+from .controls import CONTROL_SETS, FAILED_LINE, NOISE_SIGMAS, margin
 from .data import atomic_write_text
+from .errors import CemError
+from .files import read_json_file, require_keys
 from .sampler_specs import SPECS
 
 ORDER = list(SPECS)  # the registry's order is the paper's table order
@@ -28,7 +28,14 @@ def load_scores(score_dir: Path) -> dict[str, dict]:
     for name in SPECS:
         path = Path(score_dir) / f"{name}.json"
         if path.exists():
-            out[name] = json.loads(path.read_text())
+            doc = require_keys(read_json_file(path, "score"), ("sampler", "samples"), path, "score")
+            if not isinstance(doc["samples"], dict):
+                raise CemError(f"{path} is not a score file (its 'samples' is not an object): rerun `cem score {name}`")
+            for row in ("samples", "control_seeds"):
+                for space, r in (doc.get(row) or {}).items():
+                    if isinstance(r, dict):
+                        require_keys(r, ("n", "fid", "kid"), path, f"score ({row}, {space})")
+            out[name] = doc
     return out
 
 
@@ -159,7 +166,7 @@ def model_rows(model_metrics: dict[str, Path]) -> list[str]:
         if not path.exists():
             lines.append(f"| {label} | not trained | | | | | | |")
             continue
-        m = json.loads(path.read_text())
+        m = read_json_file(path, "training metrics")
         clean = m.get("clean_acc", m.get("probe_clean_acc"))
         robust = m.get("robust_acc", m.get("probe_robust_acc"))
         aa = m.get("autoattack_acc", m.get("probe_autoattack_acc"))

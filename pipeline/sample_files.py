@@ -2,7 +2,6 @@
 scoring depends on the files and not on how they were made."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Optional
@@ -10,23 +9,11 @@ from typing import Optional
 import torch
 
 from .errors import CemError
+from .files import read_json_file  # noqa: F401  (re-exported: the sample stages read JSON through it)
 
 CONTROLS_FILE = "controls.pt"
 IMAGE_SHAPE = (3, 32, 32)
 """The image shape every sampler draws (the seeds are CIFAR-sized)."""
-
-
-def read_json_file(path: Path, what: str) -> dict:
-    """A JSON object written by cem, or one line saying the file is not one (truncated, edited)."""
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise CemError(f"{path} is not a readable {what} file ({exc.__class__.__name__}): delete it and rerun "
-                       "the stage that writes it") from None
-    if not isinstance(doc, dict):
-        raise CemError(f"{path} is not a {what} file (its top level is not an object): delete it and rerun "
-                       "the stage that writes it")
-    return doc
 
 
 def shard_expectation(sampler: str, config_hash: str, n: int, shard_size: int, image_shape=IMAGE_SHAPE) -> dict:

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from . import distributed
-from .checkpoints import build_trained_model, load_model_file
+from .checkpoints import build_trained_model, load_model_file, model_run_id
 from .data import atomic_torch_save, atomic_write_text, load_dataset, load_seeds, sha256_file
 from .errors import CemError
 from .params import ControlParams, ResolvedSamplerParams, RuntimeParams
@@ -166,7 +166,7 @@ def run_sampling(name: str, rp: ResolvedSamplerParams, model_path: Path, data_di
         "samples_per_second": round(generated / elapsed, 2) if generated else None,
         "objective_first_step_mean": round(first / counted, 4) if counted and rp.steps else None,
         "objective_last_step_mean": round(last / counted, 4) if counted and rp.steps else None,
-        "config_hash": chash, "model_run_id": blob.get("mlflow_run_id", ""),
+        "config_hash": chash, "model_run_id": model_run_id(model_path),
         "mlflow_run_id": run.run_id if run else "",
     }
     atomic_write_text(out / "meta.json", json.dumps(stats, indent=2) + "\n")

@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .checkpoints import build_trained_model, load_model_file
+from .checkpoints import build_trained_model, load_model_file, model_run_id
 from .data import sha256_file
 from .errors import CemError
 from .progress import log, progress_bar
@@ -111,7 +111,7 @@ class Judge:
             raise CemError(f"the judge {model_path} must be a classifier, not a {blob['kind']} model")
         self.sha256 = sha256_file(model_path)
         self.name = f"cem-judge-{self.sha256[:12]}"
-        self.run_id = blob.get("mlflow_run_id", "")
+        self.run_id = model_run_id(model_path)
         temperature = blob.get("temperature", 1.0)
         if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
             raise CemError(f"the judge {model_path} records a softmax temperature of {temperature!r}: retrain it")

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import distributed, rng
-from .checkpoints import load_checkpoint, restore_rng, save_checkpoint
+from .checkpoints import load_checkpoint, restore_rng, save_checkpoint, write_lineage
 from .data import Dataset, atomic_torch_save, atomic_write_text
 from .errors import CemError, DivergenceError
 from .params import OptimParams, SupervisedParams, UnsupervisedParams, section_hash
@@ -195,7 +195,8 @@ def write_outputs(spec: LoopSpec, result: dict, model_blob: dict, run, extra_met
                "steps": result["total_steps"], "train_seconds": round(result["train_seconds"], 1),
                "images_per_second": round(result["images_per_second"], 1)}
     metrics_path, history_path = mdir / f"{spec.section}.json", mdir / f"{spec.section}_history.json"
-    atomic_torch_save(model_blob, out / "model.pt")
+    atomic_torch_save(model_blob, out / "model.pt")  # no run id inside: identical work, identical bytes
+    write_lineage(out / "model.pt", run.run_id, spec.stage)
     atomic_write_text(history_path, json.dumps(spec.history, indent=1) + "\n")
     _plot_history(spec.history, out / "curve.png", spec.stage)
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
@@ -236,8 +237,7 @@ CALIBRATION_PER_CLASS = 500
 @torch.no_grad()
 def calibrate_temperature(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device,
                           batch_size: int = 500) -> float:
-    """The softmax temperature T minimising the NLL of softmax(logits / T) on these images (no
-    augmentation, eval mode): a golden-section search over log T in float64, deterministic. A
+    """The judge's softmax temperature, fitted on these images (no augmentation, eval mode). A
     judge trained with label smoothing is under-confident; its IS is only a meaningful number (and
     the IS of real images a meaningful ceiling) once its probabilities are calibrated."""
     from .recipes import to_float
@@ -246,6 +246,13 @@ def calibrate_temperature(model: nn.Module, images: torch.Tensor, labels: torch.
     logits = torch.cat([model(to_float(images[i:i + batch_size], device, False)).double().cpu()
                         for i in range(0, len(labels), batch_size)])
     model.train(was)
+    return fit_temperature(logits, labels)
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """T minimising the NLL of softmax(logits / T): golden-section search over log T in [log 0.05,
+    log 20], float64, a fixed number of steps (deterministic on every machine)."""
+    logits = logits.double()
 
     def nll(log_t: float) -> float:
         return float(torch.nn.functional.cross_entropy(logits / math.exp(log_t), labels))
@@ -330,7 +337,7 @@ def import_supervised(p: SupervisedParams, data: Dataset, run, stage: str, secti
         final.update(final_autoattack(model, data, idx, p, device, False, False))
     blob = {"kind": "classifier", "arch": {"name": "robustbench", "model": name, "threat_model": "L2"},
             "num_classes": 10, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-            "mlflow_run_id": run.run_id, "params_hash": section_hash(p, exclude=("runtime",)),
+            "params_hash": section_hash(p, exclude=("runtime",)),
             "classes": data.classes, "source": p.source}
     spec = SimpleNamespace(out_dir=Path(p.out_dir), metrics_dir=Path(metrics_dir), section=section, stage=stage,
                            history=[{"step": 0, "epoch": 0.0, **{k: v for k, v in final.items()

@@ -13,7 +13,7 @@ from pipeline.params import SAMPLER_NAMES
 from pipeline.locks import exclusive
 from pipeline.progress import log
 from pipeline.samplers import SAMPLERS
-from pipeline.checkpoints import load_model_file
+from pipeline.checkpoints import load_model_file, model_run_id
 from pipeline.sampling import model_path_for, run_sampling
 from pipeline.tracking import stage_run
 from pipeline.runtime import setup_runtime
@@ -36,7 +36,8 @@ def sample(
     model_path = model_path_for(p, name)
     device = setup_runtime(p.sample.runtime)
     manifest = data_mod.read_manifest(p.data.out_dir)
-    model_run = load_model_file(model_path).get("mlflow_run_id", "")  # also: a clear error before any run opens
+    load_model_file(model_path)  # a clear error before any run opens
+    model_run = model_run_id(model_path)
     with exclusive(Path(p.sample.out_dir) / name, f"sample {name}"), \
             stage_run(p.experiment, f"sample_{name}", rp,
                    upstream={"prepare": manifest.get("mlflow_run_id", ""), "model": model_run},

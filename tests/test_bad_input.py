@@ -286,3 +286,13 @@ def test_a_failed_write_leaves_no_temp_file_and_is_one_line(tmp_path, monkeypatc
     with pytest.raises(CemError, match="is the disk full"):
         atomic_torch_save({"x": 1}, tmp_path / "ckpt.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_archive_too_large_in_total_is_refused_while_reading(tmp_path, monkeypatch):
+    import pipeline.data as data
+    monkeypatch.setattr(data, "MAX_TOTAL_BYTES", 4096)  # the same rule at a test's size
+    src = tmp_path / "src"
+    src.mkdir()
+    path = _archive(src, lambda t: [_add(t, f"d/train/a/{i}.png", _png() + b"\0" * 900) for i in range(8)])
+    with pytest.raises(data.CemError, match="exceed 4,096 bytes in all"):
+        data.load_and_fit(str(path), str(tmp_path / "dl"), None, None, 1e-4, 0)

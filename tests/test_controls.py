@@ -51,6 +51,9 @@ def _register_mean_colour_extractor():
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
     class MeanColour(FeatureExtractorBase):
+        def __init__(self, name, features_list, **kwargs):
+            super().__init__(name, features_list)
+
         @staticmethod
         def get_provided_features_list():
             return ("features",)

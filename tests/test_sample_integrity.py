@@ -165,3 +165,29 @@ def test_a_model_with_other_classes_than_the_data_is_refused_before_shards_go(co
     before = sorted(p.name for p in (tmp / "samples" / "ta").iterdir())
     assert "has 2 classes but the prepared data" in one_line(cem("sample", "ta", "--params", str(p2), check=False))
     assert sorted(p.name for p in (tmp / "samples" / "ta").iterdir()) == before
+
+
+@pytest.mark.parametrize("which, text, words", [
+    ("score", "{\"sampler\": \"ta\", \"sam", "not a readable score file"),
+    ("score", "{\"sampler\": \"ta\", \"samples\": {\"classifier\": {\"fid\": 1.0}}}", "no 'n'"),
+    ("train_sup", "{\"clean_acc\": ", "not a readable training metrics file"),
+    ("manifest", "[]", "not a prepare manifest file"),
+])
+def test_malformed_scores_metrics_and_manifest_are_one_line(copy, which, text, words):
+    params, tmp = copy
+    raw = __import__("yaml").safe_load(open(params))
+    if which == "score":
+        path = tmp / "scores" / "ta.json"
+    elif which == "train_sup":
+        path = tmp / "metrics" / "train_sup.json"
+        raw["metrics_dir"] = str(tmp / "metrics")
+    else:
+        shutil.copytree(raw["data"]["out_dir"], tmp / "data")
+        raw["data"]["out_dir"] = str(tmp / "data")
+        path = tmp / "data" / "manifest.json"
+    params = str(write_params(tmp, raw))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    cmd = ("sample", "ta") if which == "manifest" else ("report",)
+    line = one_line(cem(*cmd, "--params", params, check=False))
+    assert words in line and path.name in line

@@ -22,7 +22,9 @@ def test_outputs_metrics_and_plots_are_written(trained):
         assert history[-1]["clean_acc"] is not None  # the curve has its final point (probe accuracy for unsup)
         assert not list((tmp / folder / "checkpoints").glob("*.pt"))  # dropped once training ends
         blob = load_model_file(tmp / folder / "model.pt")
-        assert blob["mlflow_run_id"]
+        assert "mlflow_run_id" not in blob  # lineage beside the artifact, not in it
+        assert json.loads((tmp / folder / "lineage.json").read_text())["mlflow_run_id"]
+    assert load_model_file(tmp / "ref" / "model.pt")["temperature"] > 0  # the judge is calibrated
     sup = json.loads((tmp / "metrics" / "train_sup.json").read_text())
     assert {"clean_acc", "robust_acc", "eval_images"} <= set(sup)
     unsup = json.loads((tmp / "metrics" / "train_unsup.json").read_text())
@@ -64,12 +66,15 @@ def test_sigkill_then_resume_is_bit_identical(prepared, tmp_path):
     resumed = cem("train", "supervised", "--params", str(params))
     assert f"resuming from" in resumed.stderr
     resumed_weights = load_model_file(tmp_path / "resume_model" / "model.pt")["state_dict"]
+    resumed_bytes = (tmp_path / "resume_model" / "model.pt").read_bytes()
 
     cem("train", "supervised", "--params", str(params), "--restart")  # the uninterrupted run
     straight = load_model_file(tmp_path / "resume_model" / "model.pt")["state_dict"]
     assert resumed_weights.keys() == straight.keys()
     for k in straight:
         assert torch.equal(resumed_weights[k], straight[k]), k
+    # and the same bytes: the run id lives in lineage.json, not in the model file (DVC caches work)
+    assert (tmp_path / "resume_model" / "model.pt").read_bytes() == resumed_bytes
 
 
 def test_checkpoint_from_other_params_is_refused(prepared, tmp_path):
