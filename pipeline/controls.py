@@ -25,8 +25,11 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-NOISE_SIGMAS = 2.0
-"""An ordering is called only when its gap exceeds this many combined bootstrap noise sds."""
+NOISE_SIGMAS = 3.0
+"""An ordering is called only when its gap exceeds this many combined bootstrap noise sds. Three, not
+two: a run makes ~14 calls per feature space (7 claims × FID, IS); at 2 sd (4.6 % two-sided each) one
+of them would be wrong by chance about every other run, at 3 sd (0.27 % each) about once in 25 runs.
+The bootstrap also leaves out the reference set's and the judge's own variability."""
 FAILED_LINE = "instrument failed its controls: verdicts withheld"
 CONTROLS_FILE = "controls.json"
 """Beside the reference statistics: each space's control rows and whether it passed them."""
@@ -74,7 +77,10 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 BLUR_SIGMA = 1.0
-NOISE_STD = 0.1
+NOISE_STD = 0.03
+"""Mild on purpose: a control must be unambiguous. Real images plus σ = 0.1 noise (PSNR 20 dB) are a
+distribution shift that classifier features rank *below* Gaussian blobs (measured in the default run's
+judge space: FID 41.5 vs seeds 19.0; σ = 0.03, PSNR 30 dB: 13.8, beside the σ = 1 px blur's 12.2)."""
 
 
 @control_set("blur", 1, f"the real images blurred (Gaussian, σ = {BLUR_SIGMA:g} px)")

@@ -15,6 +15,7 @@ cache instead: computed once per dataset by `cem reference-stats` and written as
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -64,10 +65,29 @@ class Space:
     isc_layer: Optional[str]  # None: no classifier in this space (Inception IS unavailable offline)
 
 
-def _make_classifier_extractor():
+@functools.lru_cache(maxsize=None)
+def uint8_extractor_base():
+    """A torch-fidelity feature extractor over uint8 (N, 3, 32, 32) batches, never compiled: the base of
+    the judge's extractor (and of any extractor a test or an extension registers)."""
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-    class ClassifierFeatures(FeatureExtractorBase):
+    class Uint8Extractor(FeatureExtractorBase):
+        def __init__(self, name, features_list, **kwargs):
+            super().__init__(name, features_list)
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+
+    return Uint8Extractor
+
+
+def _make_classifier_extractor():
+    class ClassifierFeatures(uint8_extractor_base()):
         """A trained classifier as torch-fidelity feature extractor: 'features' (penultimate) and
         'logits'. The instance looks its network up by its registered name."""
 
@@ -83,14 +103,6 @@ def _make_classifier_extractor():
         @staticmethod
         def get_default_feature_layer_for_metric(metric):
             return {"isc": "logits", "fid": "features", "kid": "features", "prc": "features"}[metric]
-
-        @staticmethod
-        def can_be_compiled():
-            return False
-
-        @staticmethod
-        def get_dummy_input_for_compile():
-            return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
 
         def forward(self, x):
             x = x.float() / 255.0

@@ -33,6 +33,13 @@ def _run(section: str, params: Path, overrides, epochs, resume, restart):
              "train_unsup": "train_unsupervised"}[section]
     setup_runtime(sec.runtime)  # a missing CUDA device is an error before any MLflow run opens
     trainer.check_fits(sec, len(ds.train.labels), section)
+    # every input this stage reads is checked before a run opens or a byte is written
+    if resume is not None:
+        from pipeline.checkpoints import load_checkpoint
+        load_checkpoint(resume, None)
+    if section == "train_sup" and sec.source != "train":
+        from pipeline import model_sources
+        model_sources.load(model_sources.robustbench_name(sec.source), Path(sec.out_dir) / "robustbench")
     with exclusive(sec.out_dir, stage), \
             stage_run(p.experiment, stage, sec, upstream={"prepare": manifest.get("mlflow_run_id", "")},
                       tags={"data.sha256": data_hash}) as run:

@@ -296,3 +296,49 @@ def test_an_archive_too_large_in_total_is_refused_while_reading(tmp_path, monkey
     path = _archive(src, lambda t: [_add(t, f"d/train/a/{i}.png", _png() + b"\0" * 900) for i in range(8)])
     with pytest.raises(data.CemError, match="exceed 4,096 bytes in all"):
         data.load_and_fit(str(path), str(tmp_path / "dl"), None, None, 1e-4, 0)
+
+
+def test_a_stage_ends_when_the_dvc_that_started_it_is_killed(prepared, tmp_path):
+    """`kill -9` of `dvc repro` must not leave its stage running as an orphan that holds the lock.
+    DVC starts a stage as `$SHELL -c CMD` (bash execs the command): a parent started the same way
+    is SIGKILLed; the stage must end like Ctrl-C (run KILLED, lock free) within seconds."""
+    _, raw = prepared
+    raw = json.loads(json.dumps(raw))
+    raw["train_ref"]["out_dir"] = str(tmp_path / "ref")
+    raw["metrics_dir"] = str(tmp_path / "metrics")
+    raw["train_ref"]["optim"]["epochs"] = 200.0
+    params = write_params(tmp_path, raw)
+    db = tmp_path / "mlflow.db"
+    stage = f"exec {sys.executable} -m stages.cli train reference --params {params}"
+    parent_code = ("import subprocess, sys, time; "
+                   f"p = subprocess.Popen(['bash', '--noprofile', '--norc', '-c', {stage!r}]); "
+                   "print(p.pid, flush=True); p.communicate()")
+    env = {**os.environ, "CI": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and _runs(db) == 0:
+            time.sleep(0.5)
+        time.sleep(2)
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            if open(f"/proc/{child}/stat").read().split()[2] == "Z":
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the stage outlived its parent by 30 s")
+        with sqlite3.connect(db, timeout=30) as con:
+            assert con.execute("select status from runs").fetchall() == [("KILLED",)]
+    finally:
+        try:
+            os.kill(child, 9)
+        except ProcessLookupError:
+            pass

@@ -47,13 +47,11 @@ def test_blur_keeps_a_constant_image_and_smooths_an_edge():
 
 def _register_mean_colour_extractor():
     """A deliberately bad instrument: it sees only each image's mean colour (blind to blur)."""
-    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-    class MeanColour(FeatureExtractorBase):
-        def __init__(self, name, features_list, **kwargs):
-            super().__init__(name, features_list)
+    from pipeline.scoring import uint8_extractor_base
 
+    class MeanColour(uint8_extractor_base()):
         @staticmethod
         def get_provided_features_list():
             return ("features",)
@@ -61,14 +59,6 @@ def _register_mean_colour_extractor():
         @staticmethod
         def get_default_feature_layer_for_metric(metric):
             return "features"
-
-        @staticmethod
-        def can_be_compiled():
-            return False
-
-        @staticmethod
-        def get_dummy_input_for_compile():
-            return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
 
         def forward(self, x):
             m = x.double().mean((2, 3)) / 255

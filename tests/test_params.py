@@ -65,6 +65,9 @@ def test_every_profile_is_valid_and_switchable(tmp_path, name):
         assert p.data.train_per_class == 50
     if name in ("gpu", "paper"):
         assert p.score.inception and p.sample.runtime.amp == "auto"  # the paper's metric, bf16 where fast
+        # a GPU profile never falls back to the CPU silently: no CUDA is one line, not hours of CPU training
+        assert all(getattr(p, s).runtime.device == "cuda" for s in ("train_sup", "train_ref", "train_unsup", "sample"))
+        assert not p.train_ref.arch.whiten and p.train_ref.arch.tta == "none"
     if name == "cpu":
         assert not p.score.inception  # opt-in on a CPU (~0.1 s per image)
 
