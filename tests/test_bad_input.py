@@ -342,3 +342,32 @@ def test_a_stage_ends_when_the_dvc_that_started_it_is_killed(prepared, tmp_path)
             os.kill(child, 9)
         except ProcessLookupError:
             pass
+
+
+@pytest.mark.parametrize("what", ["resume", "judge", "refstats"])
+def test_bad_inputs_are_refused_before_any_mlflow_run(trained, tmp_path, what):
+    """A checkpoint to resume from, the judge, the reference statistics: checked before a run opens."""
+    tmp, raw = trained
+    raw = json.loads(json.dumps(raw))
+    db = tmp_path / "mlflow.db"
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    if what == "resume":
+        params = write_params(tmp_path, raw)
+        args = ("train", "reference", "--params", str(params), "--resume", str(bad))
+    elif what == "judge":
+        raw["score"]["judge"] = str(bad)
+        raw["score"]["reference_dir"] = str(tmp_path / "refstats")
+        params = write_params(tmp_path, raw)
+        args = ("reference-stats", "--params", str(params))
+    else:
+        (tmp_path / "refstats").mkdir()
+        (tmp_path / "refstats" / "classifier.npz").write_bytes(b"PK\x03\x04 broken")
+        raw["score"]["reference_dir"] = str(tmp_path / "refstats")
+        raw["sample"]["out_dir"] = str(tmp_path / "samples")
+        params = write_params(tmp_path, raw)
+        cem("sample", "cs", "--params", str(params))
+        args = ("score", "cs", "--params", str(params))
+    line = one_line(cem(*args, check=False, env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"}))
+    assert str(bad) in line or "classifier.npz" in line, line
+    assert _runs(db) == 0
