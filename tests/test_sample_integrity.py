@@ -191,3 +191,30 @@ def test_malformed_scores_metrics_and_manifest_are_one_line(copy, which, text, w
     cmd = ("sample", "ta") if which == "manifest" else ("report",)
     line = one_line(cem(*cmd, "--params", params, check=False))
     assert words in line and path.name in line
+
+
+def test_reference_statistics_with_the_right_metadata_but_wrong_shapes_are_one_line(copy):
+    import numpy as np
+    params, tmp = copy
+    path = tmp / "refstats" / "classifier.npz"
+    with np.load(path, allow_pickle=False) as z:
+        parts = {k: z[k] for k in z.files}
+    parts["sigma"] = parts["sigma"][:-1]  # the metadata still says it is right
+    np.savez(path, **parts)
+    assert "do not fit together" in _score_fails(params, tmp)
+
+
+@pytest.mark.parametrize("stage", ["score", "reference-stats"])
+def test_a_second_score_or_reference_stats_on_the_same_folder_refuses(copy, stage):
+    import fcntl
+    import os
+    params, tmp = copy
+    lock = tmp / "scores" / ".ta.lock" if stage == "score" else tmp / ".refstats.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another cem process holds it
+    try:
+        args = ("score", "ta") if stage == "score" else ("reference-stats",)
+        assert "another cem process is writing" in one_line(cem(*args, "--params", params, check=False))
+    finally:
+        os.close(fd)
