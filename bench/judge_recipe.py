@@ -31,11 +31,12 @@ VARIANTS = [
 ]
 
 
-def run_variant(name: str, sets: list[str], params: Path, work: Path, extra: list[str]) -> dict:
+def run_variant(name: str, sets: list[str], params: Path, work: Path, extra: list[str], per_class: int = 1000
+                ) -> dict:
     out = work / name
     args = [sys.executable, "-m", "stages.cli", "train", "reference", "--params", str(params), "--restart",
             "--set", f"train_ref.out_dir={out / 'ref'}", "--set", f"metrics_dir={out / 'metrics'}",
-            "--set", "train_ref.eval.test_per_class=1000", "--set", "train_ref.eval.every_steps=1000000"]
+            "--set", f"train_ref.eval.test_per_class={per_class}", "--set", "train_ref.eval.every_steps=1000000"]
     for s in sets + extra:
         args += ["--set", s]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "CI": "1"}
@@ -54,6 +55,7 @@ def main(argv=None) -> list[dict]:
                     help="'name=key=value key=value ...' (repeatable; default: the built-in list)")
     ap.add_argument("--set", action="append", default=[], help="an override applied to every variant (e.g. a tiny run)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    ap.add_argument("--test-per-class", type=int, default=1000, help="test images per class to evaluate on")
     ap.add_argument("--no-baseline", action="store_true", help="skip the two baseline runs (times are then absolute only)")
     args = ap.parse_args(argv)
     variants = VARIANTS if not args.variant else [BASELINE] + [
@@ -66,7 +68,7 @@ def main(argv=None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for name, sets in variants + again:
             row = run_variant(name.replace(" ", "_").replace("(", "").replace(")", ""), sets, Path(args.params),
-                              Path(tmp), args.set)
+                              Path(tmp), args.set, args.test_per_class)
             row["variant"] = name
             rows.append(row)
             print(f"{name:40s} test acc {row['test_acc']:6.2f} % on {row['eval_images']} images, "
