@@ -146,7 +146,12 @@ def test_score_with_inception_and_planted_payloads_runs_nothing(trained, tmp_pat
     params = str(write_params(tmp_path, raw))
     env = {"TORCH_HOME": str(hub), "CEM_FIDELITY_CACHE": str(tmp_path / ".cache" / "fidelity")}
     cem("reference-stats", "--params", params, cwd=tmp_path, env=env)
-    assert sorted(p.name for p in (tmp_path / "refstats").iterdir()) == ["classifier.npz", "inception.npz"]
+    assert sorted(p.name for p in (tmp_path / "refstats").iterdir()) == ["classifier.npz", "controls.json",
+                                                                          "inception.npz"]
+    controls = json.loads((tmp_path / "refstats" / "controls.json").read_text())["spaces"]
+    assert set(controls) == {"classifier", "inception"}  # every enabled space proves itself
+    assert set(controls["inception"]["sets"]) == {"real", "blur", "noise", "seeds"}
+    assert "is" not in controls["inception"]["sets"]["real"]  # offline trunk: FID/KID only
     cem("sample", "cs", "--params", params, cwd=tmp_path, env=env)
     cem("score", "cs", "--params", params, cwd=tmp_path, env=env)
     s = json.loads((tmp_path / "scores" / "cs.json").read_text())
