@@ -181,12 +181,15 @@ def test_silent_mlflow_server_fails_fast_with_one_line(prepared, silent_server):
 
 
 def test_read_only_store_is_one_line(prepared, tmp_path):
-    tmp, _ = prepared
+    _, raw = prepared
+    raw = json.loads(json.dumps(raw))
+    raw["data"]["out_dir"] = str(tmp_path / "data")  # never rewrite the shared fixture's manifest (lineage)
+    params = write_params(tmp_path, raw)
     db = tmp_path / "mlflow.db"
-    cem("prepare", "--params", str(tmp / "params.yaml"), env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"})
+    cem("prepare", "--params", str(params), env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"})
     before = _runs(db)
     ro = f"sqlite:///file:{db}?mode=ro&uri=true"  # read-only even for root (chmod is not)
-    line = one_line(cem("prepare", "--params", str(tmp / "params.yaml"), check=False,
+    line = one_line(cem("prepare", "--params", str(params), check=False,
                         env={"MLFLOW_TRACKING_URI": ro}))
     assert "MLflow tracking store" in line and "readonly database" in line
     assert _runs(db) == before

@@ -54,14 +54,20 @@ def test_subprocesses_load_the_guard():
 def test_no_cem_command_phones_home(prepared, tmp_path):
     """Outside CI MLflow would send usage telemetry (a lookup of its config host): `cem` turns it off.
     Run a stage as a user would (no CI / pytest variables) and check the guard recorded nothing."""
-    tmp, _ = prepared
+    import json
+
+    from tests.conftest import write_params
+    _, raw = prepared
+    raw = json.loads(json.dumps(raw))
+    raw["data"]["out_dir"] = str(tmp_path / "data")  # never the shared fixture's data (its manifest is lineage)
+    params = write_params(tmp_path, raw)
     log = tmp_path / "refused.log"
     log.touch()
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_CURRENT_TEST", "MLFLOW_DISABLE_TELEMETRY",
                                                            "DO_NOT_TRACK")}
     env.update(CEM_NETGUARD_LOG=str(log), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
     import subprocess
-    proc = subprocess.run([sys.executable, "-m", "stages.cli", "prepare", "--params", str(tmp / "params.yaml")],
+    proc = subprocess.run([sys.executable, "-m", "stages.cli", "prepare", "--params", str(params)],
                           cwd=str(NETGUARD.parents[1]), env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert log.read_text() == "", log.read_text()
