@@ -16,7 +16,6 @@ the real set, or its own images) and its rank.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,17 +146,17 @@ def judge_space(rows: dict[str, dict]) -> dict:
 def read_controls(folder: Path) -> Optional[dict]:
     """controls.json of `cem reference-stats`; None when absent; a CemError when unreadable."""
     from .errors import CemError
+    from .files import read_json_file
     path = Path(folder) / CONTROLS_FILE
     if not path.exists():
         return None
-    try:
-        doc = json.loads(path.read_text())
-        if not isinstance(doc, dict) or not isinstance(doc.get("spaces"), dict):
-            raise ValueError("no 'spaces'")
-        for name, c in doc["spaces"].items():
-            if not isinstance(c, dict) or not isinstance(c.get("passed"), bool) or not isinstance(c.get("sets"), dict):
-                raise ValueError(f"space {name!r} malformed")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CemError(f"{path} is not a controls file written by `cem reference-stats` ({exc}); "
-                       "rerun `cem reference-stats`") from None
+    doc = read_json_file(path, "controls")
+    spaces = doc.get("spaces")
+    bad = "no 'spaces'" if not isinstance(spaces, dict) else next(
+        (f"space {name!r} malformed" for name, c in spaces.items()
+         if not isinstance(c, dict) or not isinstance(c.get("passed"), bool) or not isinstance(c.get("sets"), dict)),
+        None)
+    if bad:
+        raise CemError(f"{path} is not a controls file written by `cem reference-stats` ({bad}); "
+                       "rerun `cem reference-stats`")
     return doc

@@ -9,7 +9,6 @@ from typing import Optional
 import torch
 
 from .errors import CemError
-from .files import read_json_file  # noqa: F401  (re-exported: the sample stages read JSON through it)
 
 CONTROLS_FILE = "controls.pt"
 IMAGE_SHAPE = (3, 32, 32)

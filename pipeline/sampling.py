@@ -23,8 +23,9 @@ from .errors import CemError
 from .params import ControlParams, ResolvedSamplerParams, RuntimeParams
 from .runtime import amp_decision, maybe_compile
 from .progress import log, progress_bar
-from .sample_files import (CONTROLS_FILE, IMAGE_SHAPE, load_sample_file, load_shards, provenance, read_json_file,
-                           shard_expectation, shard_paths, shard_problem)
+from .files import read_json_file
+from .sample_files import (CONTROLS_FILE, IMAGE_SHAPE, load_sample_file, load_shards, provenance, shard_expectation,
+                           shard_paths, shard_problem)
 from .samplers import SAMPLERS, SamplingContext, build_bank, generate_batch, seeds_on, to_uint8
 
 

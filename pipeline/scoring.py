@@ -347,11 +347,11 @@ def json_safe(data, where: str = "", warnings_out: Optional[list] = None):
 
 
 # ----------------------------------------------------------------------------- the two stages
-def reference_images(p) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def reference_images(p, ds=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The FID/KID reference set (prepared training images, optionally a stratified subset) and
     what identifies it (data hash, subset) — recorded in, and checked against, the statistics."""
     from .data import load_dataset, read_manifest, stratified_indices
-    ds = load_dataset(p.data.out_dir)
+    ds = ds if ds is not None else load_dataset(p.data.out_dir)
     idx = stratified_indices(ds.train.labels, p.score.reference_per_class, p.score.seed)
     data_hash = read_manifest(p.data.out_dir).get("sha256", {}).get("dataset.pt", "")
     ident = {"data_sha256": data_hash, "reference_per_class": p.score.reference_per_class,
@@ -368,12 +368,12 @@ def spaces(p) -> tuple[Judge, list[Space]]:
     return judge, out
 
 
-def control_images(p) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def control_images(p, ds=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The control sets (pipeline.controls) at the samplers' N (`sample.defaults.n`), from
     stratified test images and the prepared seed statistics: (set name -> uint8 images, labels)."""
     from .controls import make_control_images
     from .data import load_dataset, load_seeds, stratified_indices
-    ds = load_dataset(p.data.out_dir)
+    ds = ds if ds is not None else load_dataset(p.data.out_dir)
     k = len(ds.classes)
     per_class = min(max(1, p.sample.defaults.n // k), int(ds.test.labels.bincount(minlength=k).min()))
     idx = stratified_indices(ds.test.labels, per_class, p.score.seed)
@@ -399,15 +399,34 @@ def space_controls(space: Space, images: dict[str, torch.Tensor], labels: torch.
     return {"extractor": space.extractor, "sets": rows, **judge_space(rows)}
 
 
-def compute_reference_stats(p, device: torch.device, run=None) -> dict:
+@dataclass
+class ReferenceInputs:
+    """Everything `cem reference-stats` reads, loaded (and so checked) once, before its run opens."""
+    judge: "Judge"
+    enabled: list
+    images: torch.Tensor
+    ident: dict
+    ctrl_images: dict
+    ctrl_labels: torch.Tensor
+
+
+def reference_inputs(p) -> ReferenceInputs:
+    from .data import load_dataset
+    ds = load_dataset(p.data.out_dir)
+    judge, enabled = spaces(p)
+    images, _, ident = reference_images(p, ds)
+    ctrl_images, ctrl_labels = control_images(p, ds)
+    return ReferenceInputs(judge, enabled, images, ident, ctrl_images, ctrl_labels)
+
+
+def compute_reference_stats(p, inputs: ReferenceInputs, device: torch.device, run=None) -> tuple[dict, dict]:
     """`cem reference-stats`: statistics of the reference set in every enabled space (npz), then
     each space's controls (controls.json beside them; pipeline.controls says why)."""
     from .controls import CONTROL_SETS, CONTROLS_FILE, FAILED_LINE
     from .data import atomic_write_text
-    images, _, ident = reference_images(p)
-    ctrl_images, ctrl_labels = control_images(p)
+    images, ident, judge, enabled = inputs.images, inputs.ident, inputs.judge, inputs.enabled
+    ctrl_images, ctrl_labels = inputs.ctrl_images, inputs.ctrl_labels
     folder = Path(p.score.reference_dir)
-    judge, enabled = spaces(p)
     computed = []
     for space in enabled:
         stats = reference_stats(space, images, p.score.batch_size, device, p.score.seed, ident)
@@ -443,7 +462,8 @@ def checked_samples(name: str, folder: Path, image_shape: tuple) -> tuple[torch.
     """A complete sample folder, or one line saying what is wrong with it: config.json and meta.json
     readable and of the same run, every shard present and proving it belongs (sampler, config hash,
     index, shape, dtype), the control rows of the same config. Nothing is scored otherwise."""
-    from .sample_files import load_controls, load_shards, read_json_file, shard_expectation
+    from .files import read_json_file
+    from .sample_files import load_controls, load_shards, shard_expectation
     cfg_path, meta_path = folder / "config.json", folder / "meta.json"
     if not cfg_path.exists() or not meta_path.exists():
         raise CemError(f"{folder} is not a finished sample folder (no {'config' if not cfg_path.exists() else 'meta'}"
@@ -472,22 +492,47 @@ def checked_samples(name: str, folder: Path, image_shape: tuple) -> tuple[torch.
     return images, labels, controls
 
 
-def score_samples(name: str, p, device: torch.device, run=None) -> dict:
-    """Score one sampler's samples and its control rows (both files written by `cem sample`) in
-    every enabled space against the precomputed reference statistics."""
-    sp = p.score
+@dataclass
+class ScoreInputs:
+    """Everything `cem score NAME` reads, loaded (and so checked) once, before its run opens."""
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    controls: dict
+    ref_images: torch.Tensor
+    ref_labels: torch.Tensor
+    judge: "Judge"
+    refs: list  # [(space, ReferenceStats)] for every enabled space
+    meta: dict
+
+
+def score_inputs(name: str, p) -> ScoreInputs:
+    """The sample folder (complete and of one run: `checked_samples`), the reference images, the
+    judge and every enabled space's reference statistics, each refused in one line if wrong."""
+    from .files import read_json_file
     folder = Path(p.sample.out_dir) / name
     ref_images, ref_labels, ident = reference_images(p)
     images, labels, controls = checked_samples(name, folder, tuple(ref_images.shape[1:]))
+    judge, enabled = spaces(p)
+    refs = [(space, read_reference_stats(Path(p.score.reference_dir) / f"{space.name}.npz", space, ident))
+            for space in enabled]
+    return ScoreInputs(name, images, labels, controls, ref_images, ref_labels, judge, refs,
+                       read_json_file(folder / "meta.json", "sample meta"))
+
+
+def score_samples(inputs: ScoreInputs, p, device: torch.device, run=None) -> dict:
+    """Score one sampler's samples and its control rows (both files written by `cem sample`) in
+    every enabled space against the precomputed reference statistics."""
+    sp = p.score
+    name, images, labels, controls = inputs.name, inputs.images, inputs.labels, inputs.controls
+    ref_images, ref_labels, judge = inputs.ref_images, inputs.ref_labels, inputs.judge
     conditional = bool((labels >= 0).any())
     rows = {"samples": (images, labels), "control_seeds": (controls["seeds"], controls["labels"]),
             f"control_steps{controls['steps']}": (controls["stepped"], controls["labels"])}
     out: dict = {"sampler": name, "n": len(images), "reference_images": len(ref_images),
                  "controls": {"n": len(controls["labels"]), "steps": controls["steps"]}}
-    judge, enabled = spaces(p)
     out.update({"judge_sha256": judge.sha256, "judge_run_id": judge.run_id})
-    for space in enabled:
-        ref = read_reference_stats(Path(sp.reference_dir) / f"{space.name}.npz", space, ident)
+    for space, ref in inputs.refs:
         for row, (imgs, labs) in rows.items():
             feats = extract(space, imgs, sp.batch_size, device, f"score {name} {row}")
             metrics = metrics_from_features(feats, ref, space, sp.kid_subset_size)

@@ -301,17 +301,18 @@ def _train(p, recipe, stage: str, section: str, data: Dataset, device, run, resu
 
 def train_supervised(p: SupervisedParams, data: Dataset, run, stage: str, section: str, metrics_dir: Path,
                      resume: Optional[Path] = None, restart: bool = False, data_hash: str = "",
-                     calibrate: bool = False) -> dict:
+                     calibrate: bool = False, source_model=None) -> dict:
     """PGD-AT (Madry); with attack.eps = 0 it is standard training (the reference classifier). With
     `source: robustbench:<name>` a public robust model takes the place of training."""
     if p.source != "train":
-        return import_supervised(p, data, run, stage, section, metrics_dir)
+        return import_supervised(p, data, run, stage, section, metrics_dir, source_model)
     device = setup_runtime(p.runtime)
     return _train(p, SupervisedRecipe(p, data, device), stage, section, data, device, run, resume, restart,
                   metrics_dir, data_hash, calibrate)
 
 
-def import_supervised(p: SupervisedParams, data: Dataset, run, stage: str, section: str, metrics_dir: Path) -> dict:
+def import_supervised(p: SupervisedParams, data: Dataset, run, stage: str, section: str, metrics_dir: Path,
+                      source_model=None) -> dict:
     """A RobustBench zoo model as the supervised samplers' classifier, evaluated like a trained one
     (clean, PGD on eval_attack, AutoAttack when asked) and written to the same outputs, with its
     origin in the model file and in MLflow (tags source, source.sha256)."""
@@ -326,7 +327,8 @@ def import_supervised(p: SupervisedParams, data: Dataset, run, stage: str, secti
         raise CemError(f"{stage}: RobustBench CIFAR-10 models need the 10 CIFAR-10 classes, the data has "
                        f"{len(data.classes)}")
     t0 = time.perf_counter()
-    model, ckpt = model_sources.load(name, Path(p.out_dir) / "robustbench")
+    # (model, checkpoint path), loaded by the stage before its run opened, or loaded here
+    model, ckpt = source_model or model_sources.load(name, Path(p.out_dir) / "robustbench")
     model = model.to(device)
     run.set_tags({"source": p.source, "source.checkpoint": str(ckpt), "source.sha256": sha256_file(ckpt)})
     idx = stratified_indices(data.test.labels, p.eval.test_per_class, EVAL_SEED)

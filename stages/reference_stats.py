@@ -7,8 +7,7 @@ from pipeline.controls import FAILED_LINE
 from pipeline.data import read_manifest
 from pipeline.locks import exclusive
 from pipeline.progress import log
-from pipeline.data import load_seeds
-from pipeline.scoring import compute_reference_stats, reference_images, spaces
+from pipeline.scoring import compute_reference_stats, reference_inputs
 from pipeline.tracking import stage_run
 from pipeline.runtime import setup_runtime
 
@@ -21,11 +20,11 @@ def reference_stats(params: ParamsPath = Path("params.yaml"), overrides: Overrid
     classifier space and, with score.inception, the Inception space."""
     p = load(params, overrides)
     device = setup_runtime(p.sample.runtime)
-    spaces(p), reference_images(p), load_seeds(p.data.out_dir)  # every input checked before a run opens
+    inputs = reference_inputs(p)  # every input (judge, weights, data, seeds) checked before a run opens
     with exclusive(Path(p.score.reference_dir), "reference-stats"), \
             stage_run(p.experiment, "reference_stats", p.score,
                    upstream={"prepare": read_manifest(p.data.out_dir).get("mlflow_run_id", "")}) as run:
-        summary, controls = compute_reference_stats(p, device, run)
+        summary, controls = compute_reference_stats(p, inputs, device, run)
     for space, s in summary.items():
         log(f"reference-stats: {space}: {s['n']} images, {s['dim']}-d features ({s['extractor']})")
     for space, c in controls.items():

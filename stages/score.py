@@ -13,8 +13,7 @@ from pipeline.errors import CemError
 from pipeline.params import SAMPLER_NAMES
 from pipeline.locks import exclusive
 from pipeline.progress import log
-from pipeline.sample_files import IMAGE_SHAPE, read_json_file
-from pipeline.scoring import checked_samples, read_reference_stats, reference_images, score_samples, spaces
+from pipeline.scoring import score_inputs, score_samples
 from pipeline.tracking import stage_run
 from pipeline.runtime import setup_runtime
 
@@ -32,19 +31,13 @@ def score(
         raise CemError(f"unknown sampler '{name}'; choose one of {', '.join(SAMPLER_NAMES)}", exit_code=2)
     p = load(params, overrides)
     device = setup_runtime(p.sample.runtime)
-    folder = Path(p.sample.out_dir) / name
-    # every input is checked before an MLflow run opens or a byte is written
-    _, _, ident = reference_images(p)
-    checked_samples(name, folder, IMAGE_SHAPE)
-    _, enabled = spaces(p)
-    for space in enabled:
-        read_reference_stats(Path(p.score.reference_dir) / f"{space.name}.npz", space, ident)
-    sample_run = read_json_file(folder / "meta.json", "sample meta").get("mlflow_run_id", "")
+    inputs = score_inputs(name, p)  # every input checked before an MLflow run opens or a byte is written
+    sample_run = inputs.meta.get("mlflow_run_id", "")
     with exclusive(Path(p.score.out_dir) / name, f"score {name}"), \
             stage_run(p.experiment, f"score_{name}", p.score, tags={"sampler": name},
                    upstream={"prepare": read_manifest(p.data.out_dir).get("mlflow_run_id", ""),
                              "sample": sample_run}) as run:
-        result = score_samples(name, p, device, run)
+        result = score_samples(inputs, p, device, run)
         result["mlflow_run_id"] = run.run_id
         out = Path(p.score.out_dir) / f"{name}.json"
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")

@@ -37,13 +37,14 @@ def _run(section: str, params: Path, overrides, epochs, resume, restart):
     if resume is not None:
         from pipeline.checkpoints import load_checkpoint
         load_checkpoint(resume, None)
-    if section == "train_sup" and sec.source != "train":
+    kwargs = {"calibrate": True} if section == "train_ref" else {}  # the judge's IS needs calibrated probabilities
+    if section == "train_sup" and sec.source != "train":  # downloaded, read and fitted once, here
         from pipeline import model_sources
-        model_sources.load(model_sources.robustbench_name(sec.source), Path(sec.out_dir) / "robustbench")
+        kwargs["source_model"] = model_sources.load(model_sources.robustbench_name(sec.source),
+                                                    Path(sec.out_dir) / "robustbench")
     with exclusive(sec.out_dir, stage), \
             stage_run(p.experiment, stage, sec, upstream={"prepare": manifest.get("mlflow_run_id", "")},
                       tags={"data.sha256": data_hash}) as run:
-        kwargs = {"calibrate": True} if section == "train_ref" else {}  # the judge's IS needs calibrated probabilities
         fn = trainer.train_unsupervised if section == "train_unsup" else trainer.train_supervised
         metrics = fn(sec, ds, run, stage, section, Path(p.metrics_dir), resume=resume, restart=restart,
                      data_hash=data_hash, **kwargs)
