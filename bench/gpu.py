@@ -5,11 +5,13 @@ and `samplers.generate_batch` (bf16 autocast where `runtime.amp: auto` picks it)
 
     python -m bench.gpu                       # on a GPU: the issue-12 table
     python -m bench.gpu --compile             # the same with runtime.compile
+    python -m bench.gpu --quick               # the acceptance run's subset (scripts/gpu_acceptance.sh)
     python -m bench.gpu --tiny                # CPU, tiny shapes: checks the script runs (tests/test_bench.py)
 
 Cases: ResNet-50 PGD-7 AT (bs 128 and 512), ResNet-18 PGD-3 AT (bs 512), contrastive AT ResNet-18
-(bs 512, PGD-5 L∞ on both views), standard training (the judge) of both, and each sampler on
-ResNet-50 and ResNet-18 (60 steps, bs 2000). `--out docs/gpu_throughput.json` feeds the GPU time
+(bs 512, PGD-3 L∞ on both views, as the gpu profile), standard training (the judge) of both, and the
+classifier samplers on ResNet-50 (bs 500) and every sampler on ResNet-18 (bs 2000), 60 steps. Each row
+also gives its first call's seconds (compilation under --compile, cuDNN autotuning). `--out docs/gpu_throughput.json` feeds the GPU time
 estimate that `cem profile gpu|paper` prints.
 """
 from __future__ import annotations
@@ -56,15 +58,20 @@ def bf16_peak(device, n: int, reps: int = 10) -> float:
     return best
 
 
-def seconds_per_call(fn, device, reps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
+def seconds_per_call(fn, device, reps: int, warmup: int = 2) -> tuple[float, float]:
+    """(seconds per call after warm-up, seconds of the first call: compilation, cuDNN autotuning)."""
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    first = time.perf_counter() - t0
+    for _ in range(warmup - 1):
         fn()
     sync(device)
     t0 = time.perf_counter()
     for _ in range(reps):
         fn()
     sync(device)
-    return (time.perf_counter() - t0) / reps
+    return (time.perf_counter() - t0) / reps, first
 
 
 def _count(fn) -> float:
@@ -177,15 +184,45 @@ def sampler_cases(arch: str, bs: int, steps: int, device, runtime: dict, names) 
         def run(sampler=sampler, ctx=ctx):
             generate_batch(sampler, ctx, seeds, 0, bs, 0, device=device, amp=amp)
         x = torch.rand(bs, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
-        flops = attack_like_flops(model, x, steps, False)  # forward = logits or the embedding
+        flops = steps * attack_like_flops(model, x, 1, False)  # one step counted, times the steps
         out.append(Case(f"sampler {name} {arch}, {steps} steps, bs {bs}", run, bs, flops))
     return out
+
+
+QUICK_SAMPLERS_R50 = "cs,rcs"
+"""--quick (the GPU acceptance run, scripts/gpu_acceptance.sh): every training case, the samplers on
+ResNet-18, and two on ResNet-50, with 3 timed calls each: about a minute of a lent GPU."""
+
+
+def build_cases(args, device, runtime) -> list:
+    """The cases as (name, builder): built one at a time, so that under --compile each gets a fresh
+    compile state (torch._dynamo.reset) and none silently runs an earlier case's graph or none."""
+    names = args.samplers.split(",")
+    if args.tiny:
+        return [("airbench PGD-1", lambda: [at_case("airbench", 1, 8, device, runtime, True)]),
+                ("resnet18 PGD-1", lambda: [at_case("resnet18", 1, 2, device, runtime, True)]),
+                ("airbench standard", lambda: [at_case("airbench", 0, 8, device, runtime, True)]),
+                ("contrastive airbench", lambda: [contrastive_case("airbench", 1, 8, device, runtime)]),
+                ("samplers airbench", lambda: sampler_cases("airbench", 8, 2, device, runtime, names))]
+    r50_samplers = [n for n in names if n in QUICK_SAMPLERS_R50.split(",")] if args.quick else \
+        [n for n in names if n in ("ta", "langevin", "cs", "rcs")]  # ResNet-50 serves the classifier samplers
+    return [("resnet50 PGD-7 bs128", lambda: [at_case("resnet50", 7, 128, device, runtime, False)]),
+            ("resnet50 PGD-7 bs512", lambda: [at_case("resnet50", 7, 512, device, runtime, False)]),
+            ("resnet18 PGD-3 bs512", lambda: [at_case("resnet18", 3, 512, device, runtime, False)]),
+            ("contrastive resnet18", lambda: [contrastive_case("resnet18", 3, 512, device, runtime)]),
+            ("resnet50 standard", lambda: [at_case("resnet50", 0, 512, device, runtime, False)]),
+            ("resnet18 standard", lambda: [at_case("resnet18", 0, 512, device, runtime, False)]),
+            # ResNet-50 at the paper profile's sampler batch (500): at 2000 its saved activations need ~47 GiB
+            ("samplers resnet50", lambda: sampler_cases("resnet50", 500, 60, device, runtime, r50_samplers)),
+            ("samplers resnet18", lambda: sampler_cases("resnet18", 2000, 60, device, runtime, names))]
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true", help="CPU-sized shapes: checks that every case runs")
+    ap.add_argument("--quick", action="store_true", help="fewer cases and calls (the GPU acceptance run)")
     ap.add_argument("--compile", action="store_true", help="runtime.compile: true")
+    ap.add_argument("--only", default="", help="only the case groups whose name contains this text")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--samplers", default="ta,langevin,cs,rcs,pgd_uncond,maxent_uncond,pgd_cond,maxent_cond")
     ap.add_argument("--out", help="also write the table as JSON")
@@ -196,33 +233,31 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     runtime = {"amp": "auto", "channels_last": True, "deterministic": False, "compile": args.compile}
-    names = args.samplers.split(",")
-    if args.tiny:
-        cases = [at_case("airbench", 1, 8, device, runtime, True), at_case("resnet18", 1, 2, device, runtime, True),
-                 at_case("airbench", 0, 8, device, runtime, True),
-                 contrastive_case("airbench", 1, 8, device, runtime)]
-        cases += sampler_cases("airbench", 8, 2, device, runtime, names)
-        reps, peak_n = 1, 1024  # numbers meaningless at these shapes: a check that every case runs
-    else:
-        cases = [at_case("resnet50", 7, 128, device, runtime, False), at_case("resnet50", 7, 512, device, runtime, False),
-                 at_case("resnet18", 3, 512, device, runtime, False), contrastive_case("resnet18", 5, 512, device, runtime),
-                 at_case("resnet50", 0, 512, device, runtime, False), at_case("resnet18", 0, 512, device, runtime, False)]
-        for arch in ("resnet50", "resnet18"):
-            cases += sampler_cases(arch, 2000, 60, device, runtime, names)
-        reps, peak_n = args.reps, 8192
-    peak = bf16_peak(device, peak_n)
+    reps = 1 if args.tiny else (3 if args.quick else args.reps)
+    peak = bf16_peak(device, 1024 if args.tiny else 8192)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else hardware()
-    print(f"device: {name}; bf16 matmul peak measured now: {peak / 1e12:.1f} TFLOP/s; compile={args.compile}")
+    print(f"device: {name}; torch {torch.__version__}; bf16 matmul peak measured now: {peak / 1e12:.1f} TFLOP/s; "
+          f"compile={args.compile}", flush=True)
     rows = []
-    print(f"{'case':58s} {'items/s':>10s} {'TFLOP/s':>9s} {'% peak':>7s}")
-    for c in cases:
-        s = seconds_per_call(c.run, device, reps, warmup=1 if args.tiny else 3)
-        tflops = c.flops / s / 1e12
-        rows.append({"case": c.name, "items_per_s": c.items / s, "tflops": tflops, "pct_bf16_peak": 100 * tflops * 1e12 / peak})
-        print(f"{c.name:58s} {c.items / s:10.1f} {tflops:9.3f} {rows[-1]['pct_bf16_peak']:6.1f}%")
+    print(f"{'case':58s} {'items/s':>10s} {'TFLOP/s':>9s} {'% peak':>7s} {'1st call s':>10s}", flush=True)
+    for group, build in build_cases(args, device, runtime):
+        if args.only and args.only not in group:
+            continue
+        if args.compile:
+            torch._dynamo.reset()
+        for c in build():
+            s, first = seconds_per_call(c.run, device, reps, warmup=1 if args.tiny else 2)
+            tflops = c.flops / s / 1e12
+            rows.append({"case": c.name, "items_per_s": c.items / s, "tflops": tflops,
+                         "pct_bf16_peak": 100 * tflops * 1e12 / peak, "first_call_s": first})
+            print(f"{c.name:58s} {c.items / s:10.1f} {tflops:9.3f} {rows[-1]['pct_bf16_peak']:6.1f}% {first:10.1f}",
+                  flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"device": name, "bf16_peak_tflops": peak / 1e12, "compile": args.compile, "rows": rows}, f, indent=2)
+            json.dump({"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+                       "bf16_peak_tflops": peak / 1e12, "compile": args.compile, "rows": rows}, f, indent=2)
     return rows
 
 

@@ -25,5 +25,10 @@ def log_posterior(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def pair_energy(za: torch.Tensor, zb: torch.Tensor, tau: float) -> torch.Tensor:
-    """f(a, b) = ĝ(a)·ĝ(b)/τ for all pairs: (len(a), len(b)). Inputs are already normalised."""
-    return za @ zb.T / tau
+    """f(a, b) = ĝ(a)·ĝ(b)/τ for all pairs: (len(a), len(b)). Inputs are already normalised.
+    Always fp32, also under bf16 autocast (which would run the matmul in bf16): at τ = 0.5 a bf16
+    cosine (8 mantissa bits) moves f by ~0.01, as much as the gaps the log-sum-exps rank
+    (docs/science.md, precision)."""
+    with torch.autocast(za.device.type, enabled=False):
+        za, zb = (t if t.dtype == torch.float64 else t.float() for t in (za, zb))  # float64 stays (tests)
+        return za @ zb.T / tau

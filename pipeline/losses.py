@@ -9,9 +9,11 @@ import torch.nn.functional as F
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
     """Per-anchor NT-Xent (SimCLR) over 2B anchors: −f(x, x⁺) + log Σ_{k≠x} exp f(x, x_k), with
     f(a, b) = ĝ(a)·ĝ(b)/τ. This is InfoNCE of the non-parametric CEM. Returns shape (2B,)."""
-    z = torch.cat([F.normalize(z1, dim=1), F.normalize(z2, dim=1)])
     n = len(z1)
-    sim = z @ z.T / tau
+    with torch.autocast(z1.device.type, enabled=False):  # fp32 even under bf16 autocast (docs/science.md)
+        z1, z2 = (t if t.dtype == torch.float64 else t.float() for t in (z1, z2))  # float64 stays (tests)
+        z = torch.cat([F.normalize(z1, dim=1), F.normalize(z2, dim=1)])
+        sim = z @ z.T / tau
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     pos = torch.cat([torch.arange(n, 2 * n, device=z.device), torch.arange(0, n, device=z.device)])
     return torch.logsumexp(sim, dim=1) - sim[torch.arange(2 * n, device=z.device), pos]

@@ -2,6 +2,8 @@
 stage (training, sampling, scoring), so it lives apart from the training code."""
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -66,11 +68,21 @@ def autocast(device, enabled: bool):
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
 
 
+COMPILE_CACHE = ".cache/torch-compile"
+"""Where compiled kernels and graphs are kept between processes (relative to the project root, where
+dvc runs every stage): each stage is a new process, and without a shared on-disk cache each one would
+compile from cold. Ignored by git and DVC. `TORCHINDUCTOR_CACHE_DIR`, when set, wins."""
+
+
 def maybe_compile(model: nn.Module, runtime: RuntimeParams) -> nn.Module:
     """`runtime.compile`: the module that attacks, training forwards and samplers call, compiled by
-    torch.compile (parameters shared with `model`, whose state_dict is what gets saved). Measured on a
-    2-core AMD CPU: 0.92-0.94x (slower), hence off in the CPU profile; meant for GPUs."""
-    return torch.compile(model) if runtime.compile else model
+    torch.compile (parameters shared with `model`, whose state_dict is what gets saved), its kernels
+    cached on disk in COMPILE_CACHE. Measured on a 2-core AMD CPU: 0.92-0.94x (slower), hence off in the
+    CPU profile; on in the GPU profiles where it pays (docs/performance.md)."""
+    if not runtime.compile:
+        return model
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.abspath(COMPILE_CACHE))
+    return torch.compile(model)
 
 
 def wrap_ddp(model: nn.Module, runtime: RuntimeParams, device: torch.device) -> nn.Module:

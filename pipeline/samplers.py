@@ -43,6 +43,7 @@ class SamplingContext:
     num_classes: int
     bank_z: Optional[torch.Tensor] = None
     bank_cond: Optional[torch.Tensor] = None
+    channels_last: bool = False  # the iterates' memory format (the model's, set by `sample.runtime`)
 
 
 ObjectiveBuilder = Callable[[SamplingContext, Optional[torch.Tensor]], Callable[[torch.Tensor], torch.Tensor]]
@@ -147,7 +148,10 @@ def _maxent_cond(ctx, c):
 # ----------------------------------------------------------------------------- banks and conditions
 @torch.no_grad()
 def embed_all(model, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    return torch.cat([model.embed(images[i:i + batch_size].float() / 255) for i in range(0, len(images), batch_size)])
+    """fp32 embeddings of uint8 images, computed where the model is (the bank on the GPU for a GPU run)."""
+    device = next(model.parameters()).device
+    return torch.cat([model.embed(images[i:i + batch_size].to(device).float() / 255)
+                      for i in range(0, len(images), batch_size)])
 
 
 def kmeans(z: torch.Tensor, k: int, gen: torch.Generator, iters: int = 50) -> torch.Tensor:
@@ -177,7 +181,7 @@ def build_bank(model, train_images, train_labels, rp: ResolvedSamplerParams, num
     z = embed_all(model, train_images[idx])
     if rp.condition == "labels":
         return z, train_labels[idx].clone(), seeds
-    cond = kmeans(z, num_classes, gen)
+    cond = kmeans(z.cpu(), num_classes, gen)  # on the host, with the host generator: the same clusters anywhere
     cluster_seeds = {"all": seeds["all"], "ridge": ridge, "classes": []}
     for c in range(num_classes):
         members = train_images[idx][cond == c]
@@ -213,6 +217,8 @@ def generate_batch(sampler: Sampler, ctx: SamplingContext, seeds: dict, start: i
     cond = batch_conditions(sampler, start, count, ctx.num_classes)
     c_dev = cond.to(device) if cond is not None else None
     x0 = draw_seeds(seeds, count, gen, cond)  # groups formed from the host's copy of the conditions
+    if ctx.channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
     objective = sampler.objective(ctx, c_dev)
     with frozen(ctx.model), autocast(device, amp):
         x = ascend(x0, objective, L2(rp.eps), rp.steps if steps is None else steps, rp.step_size,

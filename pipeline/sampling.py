@@ -47,7 +47,10 @@ def prepare_context(name: str, rp: ResolvedSamplerParams, model_path: Path, data
     blob = load_model_file(model_path)
     if blob["kind"] != sampler.model_kind:
         raise CemError(f"sampler '{name}' needs a {sampler.model_kind} model but {model_path} holds a {blob['kind']}")
+    channels_last = runtime is not None and runtime.channels_last
     model = build_trained_model(blob).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     for p in model.parameters():
         p.requires_grad_(False)
     seeds = load_seeds(data_dir)
@@ -55,21 +58,23 @@ def prepare_context(name: str, rp: ResolvedSamplerParams, model_path: Path, data
     if sampler.conditional and sampler.model_kind == "classifier" and num_classes != len(seeds["classes"]):
         raise CemError(f"{model_path} has {num_classes} classes but the prepared data in {data_dir} has "
                        f"{len(seeds['classes'])}: retrain the model on this data (dvc repro does) or prepare its data")
-    ctx = SamplingContext(model, rp, num_classes)
+    ctx = SamplingContext(model, rp, num_classes, channels_last=channels_last)
     if sampler.model_kind == "contrastive":
         ds = load_dataset(data_dir)
-        bank_z, bank_cond, seeds = build_bank(model.cpu(), ds.train.images, ds.train.labels, rp, num_classes,
+        bank_z, bank_cond, seeds = build_bank(model, ds.train.images, ds.train.labels, rp, num_classes,
                                               float(seeds["ridge"]), seeds)
-        model.to(device)
         ctx.bank_z, ctx.bank_cond = bank_z.to(device), bank_cond.to(device)
     if runtime is not None:
         ctx.model = maybe_compile(model, runtime)
     return sampler, ctx, seeds_on(seeds, device), blob
 
 
-def config_hash(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir: str, amp: bool = False) -> str:
+def config_hash(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir: str, amp: bool = False,
+                channels_last: bool = False) -> str:
+    """What the shards' bytes depend on: params, model, seeds, and the arithmetic (bf16, memory format)."""
     h = hashlib.sha256()
-    h.update(json.dumps({"sampler": name, **rp.model_dump(), **({"amp": "bf16"} if amp else {})},
+    h.update(json.dumps({"sampler": name, **rp.model_dump(), **({"amp": "bf16"} if amp else {}),
+                         **({"memory_format": "channels_last"} if channels_last else {})},
                         sort_keys=True).encode())
     h.update(sha256_file(model_path).encode())
     h.update(sha256_file(Path(data_dir) / "seeds.pt").encode())
@@ -109,7 +114,7 @@ def run_sampling(name: str, rp: ResolvedSamplerParams, model_path: Path, data_di
     w = distributed.world()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    chash = config_hash(name, rp, model_path, data_dir, amp)
+    chash = config_hash(name, rp, model_path, data_dir, amp, ctx.channels_last)
     cfg_path = out / "config.json"
     n_shards = math.ceil(rp.n / rp.shard_size)
     expect = shard_expectation(name, chash, rp.n, rp.shard_size, IMAGE_SHAPE)

@@ -135,6 +135,7 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
     sync_every = 1 if device.type == "cpu" else LOG_EVERY
     perm_epoch, perm = -1, None
     t0, seen = time.perf_counter(), 0
+    first_step_s, first_seen = 0.0, 0
     with progress_bar(spec.stage, total - start) as advance:
         for step in range(start, total):
             epoch, pos = divmod(step, steps_per_epoch)
@@ -158,6 +159,10 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
             opt.step()
             sched.step()
             seen += len(idx)
+            if step == start:  # compilation and cuDNN autotuning happen here: timed apart from the rest
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                first_step_s, first_seen = time.perf_counter() - t0, seen
             if step % LOG_EVERY == 0 or step == total - 1:
                 run.log_metrics({"train_loss": loss.item(), "lr": sched.get_last_lr()[0],
                                  **{k: float(v) for k, v in metrics.items()}}, step=step)
@@ -180,8 +185,11 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
     spec.history.append({"step": total, "epoch": round(total / steps_per_epoch, 3), "train_loss": loss.item(),
                          **{k: v for k, v in final.items()
                             if k in ("clean_acc", "robust_acc", "probe_clean_acc", "probe_robust_acc")}})
+    rest = elapsed - first_step_s
     return {"final": final, "total_steps": total, "train_seconds": elapsed,
-            "images_per_second": seen / elapsed if elapsed > 0 else 0.0, "ckpt_path": ckpt_path}
+            "images_per_second": seen / elapsed if elapsed > 0 else 0.0, "ckpt_path": ckpt_path,
+            "first_step_seconds": first_step_s,
+            "images_per_second_after_first_step": (seen - first_seen) / rest if rest > 0 and seen > first_seen else 0.0}
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -193,7 +201,9 @@ def write_outputs(spec: LoopSpec, result: dict, model_blob: dict, run, extra_met
     final = result["final"]
     metrics = {**{k: round(v, 4) for k, v in final.items()}, **extra_metrics,
                "steps": result["total_steps"], "train_seconds": round(result["train_seconds"], 1),
-               "images_per_second": round(result["images_per_second"], 1)}
+               "images_per_second": round(result["images_per_second"], 1),
+               **{k: round(result[k], 2) for k in ("first_step_seconds", "images_per_second_after_first_step")
+                  if k in result}}
     metrics_path, history_path = mdir / f"{spec.section}.json", mdir / f"{spec.section}_history.json"
     atomic_torch_save(model_blob, out / "model.pt")  # no run id inside: identical work, identical bytes
     write_lineage(out / "model.pt", run.run_id, spec.stage)

@@ -64,3 +64,20 @@ def test_log_posterior_is_minus_ce():
     logits = torch.randn(7, 10, dtype=torch.float64)
     y = torch.arange(7)
     assert torch.allclose(log_posterior(logits, y), -F.cross_entropy(logits, y, reduction="none"), atol=1e-12)
+
+
+def test_pair_energies_and_nt_xent_stay_fp32_under_bf16_autocast():
+    """docs/science.md §8: autocast would run their matmuls in bf16 (8 mantissa bits: f moves by ~0.01
+    at τ = 0.5); they are computed in fp32 whatever the surrounding autocast says."""
+    torch.manual_seed(0)
+    za, zb = F.normalize(torch.randn(64, 128), dim=1), F.normalize(torch.randn(48, 128), dim=1)
+    want_pair, want_nt = pair_energy(za, zb, 0.5), nt_xent(za, zb[:64 - 16].repeat(2, 1)[:64], 0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got_pair = pair_energy(za, zb, 0.5)
+        got_nt = nt_xent(za, zb[:64 - 16].repeat(2, 1)[:64], 0.5)
+        bf16_pair = za @ zb.T / 0.5  # what autocast alone does
+    assert got_pair.dtype == torch.float32 and got_nt.dtype == torch.float32
+    assert torch.equal(got_pair, want_pair) and torch.equal(got_nt, want_nt)
+    assert bf16_pair.dtype == torch.bfloat16 and not torch.equal(bf16_pair.float(), want_pair)  # the rule matters
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 inputs (a bf16 encoder) are computed in fp32 too
+        assert pair_energy(za.bfloat16(), zb.bfloat16(), 0.5).dtype == torch.float32

@@ -1,6 +1,7 @@
 """runtime.*: the bf16 decision (hardware-based, logged), bf16 autocast working on CPU, and
 `runtime.compile` reaching the networks that attacks, training and samplers call."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,3 +96,74 @@ def test_compile_flag_reaches_training_and_sampling(prepared, tmp_path, monkeypa
                       torch._dynamo.eval_frame.OptimizedModule)
     lin = torch.nn.Linear(2, 2)
     assert runtime.maybe_compile(lin, RuntimeParams(compile=False)) is lin
+
+
+def test_compile_keeps_its_kernels_in_the_project_cache(monkeypatch, tmp_path):
+    """Each stage is a new process: compiled kernels must outlive it in one on-disk cache the stages
+    share (.cache/torch-compile under the project root), unless the user points TORCHINDUCTOR_CACHE_DIR
+    elsewhere."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    runtime.maybe_compile(torch.nn.Linear(2, 2), RuntimeParams(compile=False))
+    assert "TORCHINDUCTOR_CACHE_DIR" not in __import__("os").environ  # nothing set when not compiling
+    runtime.maybe_compile(torch.nn.Linear(2, 2), RuntimeParams(compile=True))
+    assert __import__("os").environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / ".cache" / "torch-compile")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")
+    runtime.maybe_compile(torch.nn.Linear(2, 2), RuntimeParams(compile=True))
+    assert __import__("os").environ["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"
+
+
+def _profile(name):
+    import yaml
+
+    from stages.profile import deep_merge
+    from tests.conftest import ROOT
+    raw = deep_merge(yaml.safe_load((ROOT / "profiles" / "cpu.yaml").read_text()),
+                     yaml.safe_load((ROOT / "profiles" / f"{name}.yaml").read_text()))
+    return parse_params(raw)
+
+
+@pytest.mark.parametrize("name", ["gpu", "paper"])
+def test_gpu_profiles_fail_fast_compile_the_trainings_and_keep_the_judge_fp32(name):
+    """Issue 20: a GPU profile never falls back to the CPU (device: cuda, one line without CUDA);
+    the adversarial trainings are compiled; the judge, a measuring instrument, is trained in fp32."""
+    p = _profile(name)
+    sections = {"train_sup": p.train_sup.runtime, "train_ref": p.train_ref.runtime,
+                "train_unsup": p.train_unsup.runtime, "sample": p.sample.runtime}
+    assert {k: rt.device for k, rt in sections.items()} == dict.fromkeys(sections, "cuda")
+    assert p.train_sup.runtime.compile and p.train_unsup.runtime.compile
+    assert p.train_ref.runtime.amp is False
+    assert p.sample.runtime.compile == (p.sample.defaults.n >= 50_000)  # compiling pays only at the paper's N
+
+
+def test_cuda_device_without_cuda_is_one_line(monkeypatch):
+    from pipeline.errors import CemError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(CemError, match="no CUDA device"):
+        runtime.setup_runtime(RuntimeParams(device="cuda"))
+
+
+def test_sampling_runs_channels_last_when_asked(trained):
+    """sample.runtime.channels_last is honoured: the model and every iterate are channels_last, the
+    samples agree with the NCHW ones to float tolerance, and the two are different configs (shards of
+    one are never taken for the other's)."""
+    from pipeline import sampling
+    from pipeline.samplers import generate_batch
+    tmp, raw = trained
+    p = parse_params(raw)
+    model = Path(p.train_sup.out_dir) / "model.pt"
+    out = {}
+    for cl in (False, True):
+        sampler, ctx, seeds, _ = sampling.prepare_context("cs", p.sample.resolved("cs"), model, str(tmp / "data"), CPU,
+                                                          RuntimeParams(channels_last=cl))
+        assert ctx.channels_last is cl
+        formats = []
+        ctx.model.register_forward_pre_hook(
+            lambda _m, args: formats.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        _, x, _ = generate_batch(sampler, ctx, seeds, 0, 8, 0, device=CPU)
+        assert formats and all(f is cl for f in formats)
+        out[cl] = x
+    assert torch.allclose(out[False], out[True], atol=1e-4)
+    rp = p.sample.resolved("cs")
+    assert sampling.config_hash("cs", rp, model, str(tmp / "data"), False, True) != \
+        sampling.config_hash("cs", rp, model, str(tmp / "data"), False, False)
