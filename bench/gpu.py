@@ -250,7 +250,7 @@ def main(argv=None):
         if args.compile:
             torch._dynamo.reset()
         for c in build():
-            s, first = seconds_per_call(c.run, device, reps, warmup=1 if args.tiny else 2)
+            s, first = seconds_per_call(c.run, device, reps, warmup=1 if args.tiny or args.quick else 2)
             tflops = c.flops / s / 1e12
             rows.append({"case": c.name, "items_per_s": c.items / s, "tflops": tflops,
                          "pct_bf16_peak": 100 * tflops * 1e12 / peak, "first_call_s": first})
