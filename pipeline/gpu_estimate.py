@@ -1,78 +1,175 @@
-"""What a profile will cost on a GPU, from measured throughputs (`python -m bench.gpu --out FILE`),
-printed by `cem profile` so a user knows before `dvc repro` starts. Only measured rates are used;
-a stage without a matching measurement is reported as unknown, never guessed. A training rate
-matches only at the section's batch size (on a GPU it moves the rate 3x: issue 12's table)."""
+"""What a profile will cost on a GPU, printed by `cem profile gpu|paper` before `dvc repro` starts. Built
+from measurements only, never guessed; a stage nobody measured says so.
+
+Two measured sources, both written from a GPU acceptance run (scripts/gpu_acceptance.sh, recorded with
+scripts/gpu_record.py):
+
+* docs/gpu_throughput.json (`python -m bench.gpu --out`): the steady rate of each step (a training step at
+  a batch size, a sampler batch), eager and compiled (`compile` per row), and each case's first call.
+* docs/gpu_stages.json: every stage's wall time inside a whole `dvc repro` (start-up included), with the
+  seconds of its training or sampling loop, the section params it ran with and the commit it ran at.
+
+A stage's estimate = its measured fixed part (wall time minus its loop: process start, data, final
+evaluation) + its loop at this profile's size from the bench rate (+ the first step: compilation or
+cuDNN autotuning). A measurement whose stage code changed since its commit is marked stale (git diff
+of the stage's code deps in dvc.yaml); a fixed part measured under other evaluation settings says so.
+A training rate matches only at the section's batch size and compile setting (both move a GPU's rate
+by 1.3-3x)."""
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Optional
 
 from .sampler_specs import SPECS
 
 CIFAR10_TRAIN = 50_000
+LOOP_KEYS = {"optim", "runtime", "checkpoint_every", "out_dir"}
+"""Section keys that change only the loop (its length and speed), not the measured fixed part."""
 
 
-def _rate(rows: list[dict], pattern: str) -> Optional[tuple[float, str]]:
+def _row(rows: list[dict], pattern: str, compile_: bool, table_compile: bool = False) -> Optional[dict]:
     for row in rows:
-        if re.search(pattern, row["case"]):
-            note = f"; {row['note']}" if row.get("note") else ""
-            return float(row["items_per_s"]), row["case"] + note
+        if re.search(pattern, row["case"]) and bool(row.get("compile", table_compile)) == compile_:
+            return row
     return None
 
 
-def _missing(rows: list[dict], pattern: str, bs: int) -> str:
-    """Why no rate matched: say which batch sizes were measured for this step, if any."""
-    other = sorted({int(m.group(1)) for r in rows if re.search(pattern, r["case"])
-                    for m in [re.search(r", bs (\d+)", r["case"])] if m})
-    return (f"no measurement at bs {bs} (measured: bs {', '.join(map(str, other))})" if other
+def _missing(rows: list[dict], pattern: str, bs: int, compile_: bool) -> str:
+    """Why no rate matched: say which batch sizes / compile settings were measured for this step."""
+    seen = sorted({(int(m.group(1)), bool(r.get("compile"))) for r in rows if re.search(pattern, r["case"])
+                   for m in [re.search(r", bs (\d+)", r["case"])] if m})
+    mode = "compiled" if compile_ else "eager"
+    return (f"no {mode} measurement at bs {bs} (measured: "
+            + ", ".join(f"bs {b} {'compiled' if c else 'eager'}" for b, c in seen) + ")" if seen
             else f"no row matching {pattern!r}")
 
 
-def estimate(p, table: dict) -> list[tuple[str, Optional[float], str]]:
-    """(stage, seconds or None, which measurement) for the training stages and the sampling."""
-    rows = table.get("rows", [])
-    n_train = CIFAR10_TRAIN if p.data.train_per_class is None else 10 * p.data.train_per_class
-    out = []
-    for name, sec in (("train_sup", p.train_sup), ("train_ref", p.train_ref)):
-        arch, a, bs = sec.arch.name, sec.attack, sec.optim.batch_size
-        pattern = (rf"^{arch} PGD-{a.steps} AT" if a.eps > 0 and a.steps > 0 else rf"^{arch} standard training")
-        found = _rate(rows, rf"{pattern}, bs {bs}\b")
-        images = sec.optim.epochs * n_train
-        out.append((name, images / found[0] if found else None, found[1] if found else _missing(rows, pattern, bs)))
-    u = p.train_unsup
-    pattern = rf"^contrastive AT {u.arch.name}\b"
-    found = _rate(rows, rf"{pattern}.*, bs {u.optim.batch_size}\b")
-    out.append(("train_unsup", u.optim.epochs * n_train / found[0] if found else None,
-                found[1] if found else _missing(rows, pattern, u.optim.batch_size)))
-    total, missing = 0.0, []
-    for name, spec in SPECS.items():
-        rp = p.sample.resolved(name)
-        arch = (p.train_sup if spec.model_kind == "classifier" else p.train_unsup).arch.name
-        found = _rate(rows, rf"^sampler ({name} )?{arch}, {rp.steps} steps")
-        if found:
-            total += rp.n / found[0]
+def stage_code(dvc_yaml: Path, stage: str) -> list[str]:
+    """The code files (pipeline/, stages/) a dvc.yaml stage depends on (`sample@ta` -> the foreach body)."""
+    import yaml
+    spec = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).get(stage.split("@")[0], {})
+    deps = (spec.get("do") or spec).get("deps", [])
+    return [d for d in deps if isinstance(d, str) and d.endswith(".py")]
+
+
+def stale_files(root: Path, commit: str, files: list[str]) -> Optional[list[str]]:
+    """Which of `files` changed since `commit` (None when git cannot tell: no repository, unknown commit)."""
+    if not commit or not files:
+        return None
+    try:
+        out = subprocess.run(["git", "diff", "--name-only", commit, "--", *files], cwd=root, capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.split() if out.returncode == 0 else None
+
+
+class Estimator:
+    def __init__(self, p, table: dict, stages: Optional[dict] = None, root: Optional[Path] = None):
+        self.p, self.rows, self.table_compile = p, table.get("rows", []), bool(table.get("compile", False))
+        self.stages = stages or {}
+        self.measured = self.stages.get("stages", {})
+        self.root = Path(root) if root else None
+
+    def _stale(self, stage: str) -> str:
+        commit = self.stages.get("commit", "")
+        if self.root is None or stage not in self.measured:
+            return ""
+        changed = stale_files(self.root, commit, stage_code(self.root / "dvc.yaml", stage))
+        if changed is None:
+            return f"; staleness unknown (git cannot compare with {commit[:9] or 'no commit'})"
+        return f"; STALE: {len(changed)} code file(s) changed since {commit[:9]}" if changed else ""
+
+    def _fixed(self, stage: str, section: Optional[dict] = None) -> tuple[Optional[float], str]:
+        m = self.measured.get(stage)
+        if m is None:
+            return None, "start-up and evaluation not measured"
+        fixed = m["seconds"] - m.get("loop_seconds", 0.0)
+        note = f"fixed {fixed:.0f} s measured {self.stages.get('date', '?')}"
+        if section is not None and m.get("section") is not None:
+            now = {k: v for k, v in section.items() if k not in LOOP_KEYS}
+            then = {k: v for k, v in m["section"].items() if k not in LOOP_KEYS}
+            if now != then:
+                note += " with other evaluation/attack settings"
+        return fixed, note + self._stale(stage)
+
+    def training(self, name: str, sec) -> tuple[str, Optional[float], str]:
+        n_train = CIFAR10_TRAIN if self.p.data.train_per_class is None else 10 * self.p.data.train_per_class
+        compile_ = sec.runtime.compile
+        if name == "train_unsup":
+            pattern = rf"^contrastive AT {sec.arch.name} PGD-{sec.attack.steps}\b"
         else:
-            missing.append(name)
-    out.append(("sample (all samplers)", None if missing else total,
-                "measured sampler rates" if not missing else f"no rate for {', '.join(missing)}"))
-    return out
+            a = sec.attack
+            pattern = rf"^{sec.arch.name} PGD-{a.steps} AT" if a.eps > 0 and a.steps > 0 else \
+                rf"^{sec.arch.name} standard training"
+        row = _row(self.rows, rf"{pattern}.*, bs {sec.optim.batch_size}\b", compile_, self.table_compile)
+        if row is None:
+            return name, None, _missing(self.rows, pattern, sec.optim.batch_size, compile_)
+        loop = sec.optim.epochs * n_train / float(row["items_per_s"])
+        m = self.measured.get(name, {})
+        first = m["first_step_seconds"] if m.get("compile") == compile_ and "first_step_seconds" in m \
+            else float(row.get("first_call_s", 0.0))
+        fixed, note = self._fixed(name, sec.model_dump(mode="json"))
+        why = f"{row['case']}{' compiled' if compile_ else ''} + first step {first:.0f} s; {note}"
+        return name, loop + first + (fixed or 0.0), why
+
+    def sampling(self, name: str) -> tuple[str, Optional[float], str]:
+        spec, rp = SPECS[name], self.p.sample.resolved(name)
+        arch = (self.p.train_sup if spec.model_kind == "classifier" else self.p.train_unsup).arch.name
+        compile_ = self.p.sample.runtime.compile
+        row = _row(self.rows, rf"^sampler ({name} )?{arch}, {rp.steps} steps", compile_, self.table_compile) or \
+            _row(self.rows, rf"^sampler \w+ {arch}, {rp.steps} steps", compile_, self.table_compile)
+        stage = f"sample@{name}"
+        if row is None:
+            return stage, None, f"no {'compiled' if compile_ else 'eager'} sampler rate on {arch} at {rp.steps} steps"
+        loop = rp.n / float(row["items_per_s"])
+        fixed, note = self._fixed(stage)
+        if fixed is None:  # another sampler's stage: the same start-up, seeds, controls and grid
+            others = [m["seconds"] - m.get("loop_seconds", 0.0) for k, m in self.measured.items()
+                      if k.startswith("sample@")]
+            if others:
+                fixed, note = sum(others) / len(others), f"fixed part from {len(others)} other sample stage(s)"
+        return stage, loop + (fixed or 0.0), f"{row['case']}{' compiled' if compile_ else ''}; {note}"
+
+    def measured_only(self, stage: str) -> tuple[str, Optional[float], str]:
+        m = self.measured.get(stage)
+        if m is None:
+            return stage, None, "not measured on a GPU yet"
+        return stage, m["seconds"], f"measured {self.stages.get('date', '?')} at this stage's size{self._stale(stage)}"
+
+
+def estimate(p, table: dict, stages: Optional[dict] = None, root: Optional[Path] = None) \
+        -> list[tuple[str, Optional[float], str]]:
+    """(dvc stage, seconds or None, which measurements) for every stage of the DAG."""
+    e = Estimator(p, table, stages, root)
+    rows = [e.measured_only("prepare")]
+    rows += [e.training(name, getattr(p, name)) for name in ("train_sup", "train_ref", "train_unsup")]
+    rows += [e.sampling(name) for name in SPECS]
+    rows += [e.measured_only("reference_stats")] + [e.measured_only(f"score@{n}") for n in SPECS]
+    rows += [e.measured_only("report")]
+    return rows
 
 
 def _duration(secs: float) -> str:
     return f"{secs / 3600:6.2f} h" if secs >= 3600 else f"{secs / 60:6.1f} min"
 
 
-def summary(p, path: Path) -> Optional[str]:
+def summary(p, path: Path, stages_path: Optional[Path] = None, root: Optional[Path] = None) -> Optional[str]:
     """A few lines for `cem profile`, or None when no throughput file exists."""
     if not Path(path).exists():
         return None
     table = json.loads(Path(path).read_text())
-    rows = estimate(p, table)
+    stages = json.loads(Path(stages_path).read_text()) if stages_path and Path(stages_path).exists() else None
+    rows = estimate(p, table, stages, root)
     known = [s for _, s, _ in rows if s is not None]
-    lines = [f"estimated GPU time on {table.get('device', '?')} ({table.get('source', path)}):"]
+    unknown = [n for n, s, _ in rows if s is None]
+    lines = [f"estimated GPU time on {table.get('device', '?')} (bench {table.get('date', '?')}"
+             + (f", stages {stages.get('date', '?')} at {stages.get('commit', '?')[:9]}" if stages else "") + "):"]
     for name, secs, why in rows:
         lines.append(f"  {name:22s} " + (_duration(secs) if secs is not None else "   unknown") + f"  [{why}]")
-    lines.append(f"  {'total (known stages)':22s} {_duration(sum(known))} (+ scoring and start-up)")
+    lines.append(f"  {'total (known stages)':22s} {_duration(sum(known))}"
+                 + (f" + {len(unknown)} stage(s) not measured" if unknown else ""))
     return "\n".join(lines)

@@ -9,6 +9,7 @@ A recipe is built from its params section, the data and the device, and offers
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -95,9 +96,10 @@ def final_autoattack(model, data: Dataset, final_idx: torch.Tensor, p, device, c
     sub = final_idx[stratified_indices(data.test.labels[final_idx], p.eval.autoattack_per_class, EVAL_SEED)]
     x, y = data.test.images[sub], data.test.labels[sub]
     pgd_same = evaluate(model, x, y, p.eval_attack, p.eval.attack_steps, p.eval.batch_size, device, channels_last, amp)
-    return {"autoattack_acc": autoattack_accuracy(model, x, y, p.eval_attack, p.eval.batch_size, device,
-                                                  len(data.classes)),
-            "pgd_acc_on_autoattack_images": pgd_same.get("robust_acc"), "autoattack_images": len(sub)}
+    t0 = time.perf_counter()
+    acc = autoattack_accuracy(model, x, y, p.eval_attack, p.eval.batch_size, device, len(data.classes))
+    return {"autoattack_acc": acc, "pgd_acc_on_autoattack_images": pgd_same.get("robust_acc"),
+            "autoattack_images": len(sub), "autoattack_seconds": round(time.perf_counter() - t0, 1)}
 
 
 # ----------------------------------------------------------------------------- supervised

@@ -181,7 +181,9 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
     elapsed = time.perf_counter() - t0
     if not w.main:
         return {}
+    t_eval = time.perf_counter()
     final = spec.evaluate(True)
+    final["final_eval_seconds"] = round(time.perf_counter() - t_eval, 1)  # where a stage's time goes (GPU budget)
     spec.history.append({"step": total, "epoch": round(total / steps_per_epoch, 3), "train_loss": loss.item(),
                          **{k: v for k, v in final.items()
                             if k in ("clean_acc", "robust_acc", "probe_clean_acc", "probe_robust_acc")}})

@@ -38,6 +38,15 @@ def stage_rows(out: Path) -> list[tuple[str, float, int]]:
     return rows
 
 
+def yaml_or_none(path: Path):
+    """The params the run used (scripts/gpu_record.py records them beside the stage times)."""
+    try:
+        import yaml
+        return yaml.safe_load(path.read_text())
+    except (OSError, ImportError, ValueError):
+        return None
+
+
 def bench_rate(bench: dict | None, prefix: str):
     rates = [r["items_per_s"] for r in (bench or {}).get("rows", []) if r["case"].startswith(prefix)]
     return min(rates) if rates else None
@@ -122,7 +131,8 @@ def main(argv=None) -> int:
     (out / "metrics.json").write_text(json.dumps(
         {"gpu": smi, "dag_seconds": a.dag_seconds, "dag_exit": a.dag_exit, "stages": stages, "facts": facts,
          "compile_first_step_cold_s": cold, "compile_first_call_warm_s": warm_s,
-         "metrics": metrics, "scores": scores, "samples": samples}, indent=1) + "\n")
+         "metrics": metrics, "scores": scores, "samples": samples,
+         "params": yaml_or_none(work / "params.yaml")}, indent=1) + "\n")
     report = work / "reports" / "results.md"
     if report.exists():
         shutil.copyfile(report, out / "report.md")

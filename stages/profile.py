@@ -37,6 +37,8 @@ def profile(
     profiles_dir: Annotated[Path, typer.Option(help="Folder of profiles.")] = Path("profiles"),
     throughput: Annotated[Path, typer.Option(help="GPU throughputs measured by bench.gpu, for the time estimate.")]
     = Path("docs/gpu_throughput.json"),
+    stage_times: Annotated[Path, typer.Option(help="Stage times of a GPU acceptance run, for the estimate.")]
+    = Path("docs/gpu_stages.json"),
 ):
     """Write params.yaml from a profile: cpu (the default, complete) or an overlay merged onto it
     (smoke, gpu, paper), plus --set overrides; validated before anything is written. For gpu and paper
@@ -63,5 +65,5 @@ def profile(
     tmp.replace(params)
     log(f"{params} is now profile '{name}'" + (f" with {len(overrides)} override(s)" if overrides else ""))
     if name != BASE and "smoke" not in name:
-        text = gpu_estimate.summary(parsed, throughput)
+        text = gpu_estimate.summary(parsed, throughput, stage_times, Path.cwd())
         log(text if text else f"(no GPU time estimate: {throughput} not found; `python -m bench.gpu --out {throughput}`)")

@@ -152,7 +152,7 @@ def tiny_params(tmp: Path, source: Path | str, **sections) -> dict:
                       "attack": {"eps": 0.0, "steps": 0}},
         "train_unsup": {**train_common, "out_dir": str(tmp / "unsup"),
                         "probe": {"epochs": 2, "train_per_class": 10}},
-        "sample": {"out_dir": str(tmp / "samples"), "runtime": {"amp": False},
+        "sample": {"out_dir": str(tmp / "samples"), "runtime": {"amp": False, "channels_last": False},
                    "defaults": {"n": 20, "batch_size": 10, "shard_size": 10, "steps": 3, "step_size": 0.5,
                                 "eps": 30.0, "noise_std": 0.0, "lam": 1.0, "beta": 1.0, "bank_size": 100,
                                 "tau": 0.5, "condition": "labels", "seed": 0},

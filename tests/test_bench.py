@@ -26,32 +26,81 @@ def test_bench_at_step_is_the_stage_step():
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def test_profile_time_estimate_uses_measured_rates_only():
-    from pipeline.gpu_estimate import estimate
+def _profile(name):
+    import yaml
+
     from pipeline.params import parse_params
     from stages.profile import deep_merge
     from tests.conftest import ROOT
-    import yaml
-    raw = deep_merge(yaml.safe_load((ROOT / "profiles" / "cpu.yaml").read_text()),
-                     yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text()))
-    p = parse_params(raw)
-    table = {"rows": [{"case": "resnet50 PGD-7 AT, bs 128", "items_per_s": 578},
-                      {"case": "resnet50 standard training, bs 128", "items_per_s": 2642},
-                      {"case": "sampler resnet50, 60 steps, bs 2000", "items_per_s": 500},
-                      {"case": "sampler resnet18, 60 steps, bs 2000", "items_per_s": 1000}]}
-    # the paper profile trains at bs 512: a bs-128 rate is not used for it (batch size moves a GPU's rate 3x)
-    rows = {name: (secs, why) for name, secs, why in estimate(p, table)}
-    assert rows["train_sup"] == (None, "no measurement at bs 512 (measured: bs 128)")
-    table["rows"].insert(0, {"case": "resnet50 PGD-7 AT, bs 512", "items_per_s": 1514, "note": "bare step"})
-    rows = {name: secs for name, secs, _ in estimate(p, table)}
-    assert abs(rows["train_sup"] - 150 * 50_000 / 1514) < 1
-    assert rows["train_ref"] is None and rows["train_unsup"] is None  # unmeasured: unknown, not guessed
-    p128 = parse_params(deep_merge(raw, {"train_sup": {"optim": {"batch_size": 128}}}))
-    assert abs(dict((n, s) for n, s, _ in estimate(p128, table))["train_sup"] - 150 * 50_000 / 578) < 1  # 3.6 h
-    # four supervised samplers on ResNet-50, four contrastive ones on ResNet-18, 50,000 samples each
-    assert abs(rows["sample (all samplers)"] - (4 * 50_000 / 500 + 4 * 50_000 / 1000)) < 1
-    table["rows"].pop()
-    assert dict((n, s) for n, s, _ in estimate(p, table))["sample (all samplers)"] is None
+    return parse_params(deep_merge(yaml.safe_load((ROOT / "profiles" / "cpu.yaml").read_text()),
+                                   yaml.safe_load((ROOT / "profiles" / f"{name}.yaml").read_text())))
+
+
+def test_profile_time_estimate_uses_measurements_only():
+    """Every stage: measured fixed part + loop from a measured rate at the section's batch size and compile
+    setting; a stage without measurements is unknown, never guessed."""
+    from pipeline.gpu_estimate import estimate
+    p = _profile("gpu")
+    table = {"rows": [{"case": "resnet18 PGD-3 AT, bs 512", "items_per_s": 10_000, "first_call_s": 2.0},
+                      {"case": "resnet18 PGD-3 AT, bs 512", "items_per_s": 14_000, "first_call_s": 5.0, "compile": True},
+                      {"case": "resnet18 PGD-3 AT, bs 128", "items_per_s": 4_000},
+                      {"case": "sampler cs resnet18, 60 steps, bs 2000", "items_per_s": 1_000}]}
+    stages = {"date": "d", "commit": "", "stages": {
+        "prepare": {"seconds": 30.0},
+        "train_sup": {"seconds": 180.0, "loop_seconds": 80.0, "first_step_seconds": 40.0, "compile": True,
+                      "section": p.train_sup.model_dump(mode="json")},
+        "sample@ta": {"seconds": 30.0, "loop_seconds": 10.0}, "sample@cs": {"seconds": 20.0, "loop_seconds": 10.0}}}
+    rows = {name: (secs, why) for name, secs, why in estimate(p, table, stages)}
+    epochs = p.train_sup.optim.epochs
+    # eager (the gpu profile): the eager rate and the bench's first call, plus the measured fixed 100 s
+    assert abs(rows["train_sup"][0] - (epochs * 50_000 / 10_000 + 2.0 + 100.0)) < 1e-6
+    assert "fixed 100 s" in rows["train_sup"][1]
+    compiled = p.model_copy(update={"train_sup": p.train_sup.model_copy(update={
+        "runtime": p.train_sup.runtime.model_copy(update={"compile": True})})})
+    secs = dict((n, s) for n, s, _ in estimate(compiled, table, stages))["train_sup"]
+    assert abs(secs - (epochs * 50_000 / 14_000 + 40.0 + 100.0)) < 1e-6  # the measured cold compile
+    other_bs = p.model_copy(update={"train_sup": p.train_sup.model_copy(update={
+        "optim": p.train_sup.optim.model_copy(update={"batch_size": 256})})})
+    secs, why = next((s, w) for n, s, w in estimate(other_bs, table, stages) if n == "train_sup")
+    assert secs is None and "bs 128" in why and "bs 512" in why
+    assert rows["prepare"][0] == 30.0
+    assert abs(rows["sample@ta"][0] - (10_000 / 1_000 + 20.0)) < 1e-6
+    assert abs(rows["sample@rcs"][0] - (10_000 / 1_000 + 15.0)) < 1e-6  # fixed part: the mean of the measured
+    assert rows["score@cs"][0] is None and rows["report"][0] is None and rows["train_unsup"][0] is None
+    assert rows["train_ref"][0] is None  # no standard-training rate in the table
+
+
+def test_estimate_marks_measurements_of_changed_code_stale(tmp_path):
+    import subprocess
+
+    from pipeline.gpu_estimate import Estimator
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline" / "data.py").write_text("x = 1\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  prepare:\n    cmd: cem prepare\n    deps: [pipeline/data.py, x.tar]\n")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "m"], cwd=tmp_path, check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    stages = {"commit": commit, "stages": {"prepare": {"seconds": 30.0}}}
+    e = Estimator(_profile("gpu"), {"rows": []}, stages, tmp_path)
+    assert "STALE" not in e.measured_only("prepare")[2]
+    (tmp_path / "pipeline" / "data.py").write_text("x = 2\n")
+    assert "STALE: 1 code file(s) changed" in e.measured_only("prepare")[2]
+    e = Estimator(_profile("gpu"), {"rows": []}, {**stages, "commit": "0" * 40}, tmp_path)
+    assert "staleness unknown" in e.measured_only("prepare")[2]
+
+
+def test_record_maps_acceptance_stages_to_dvc_stages():
+    import importlib.util
+
+    from tests.conftest import ROOT
+    spec = importlib.util.spec_from_file_location("gpu_record", ROOT / "scripts" / "gpu_record.py")
+    rec = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rec)
+    assert [rec.dvc_stage(c) for c in ("prepare", "train supervised", "train unsupervised", "sample maxent_cond",
+                                       "score ta", "reference-stats", "report", "profile gpu --set x=1")] == \
+        ["prepare", "train_sup", "train_unsup", "sample@maxent_cond", "score@ta", "reference_stats", "report", None]
 
 
 def test_profile_command_prints_the_estimate(tmp_path):

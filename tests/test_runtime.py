@@ -124,16 +124,18 @@ def _profile(name):
 
 
 @pytest.mark.parametrize("name", ["gpu", "paper"])
-def test_gpu_profiles_fail_fast_compile_the_trainings_and_keep_the_judge_fp32(name):
-    """Issue 20: a GPU profile never falls back to the CPU (device: cuda, one line without CUDA);
-    the adversarial trainings are compiled; the judge, a measuring instrument, is trained in fp32."""
+def test_gpu_profiles_fail_fast_compile_where_it_pays_and_keep_the_judge_fp32(name):
+    """Issue 20: a GPU profile never falls back to the CPU (device: cuda, one line without CUDA); the
+    judge, a measuring instrument, is trained in fp32; torch.compile is on where it was measured to pay
+    (the paper profile's long runs and 50,000 samples) and off at the gpu profile's size (it cost more
+    than it saved on an H200: profiles/gpu.yaml); samples are drawn channels_last on the GPU."""
     p = _profile(name)
     sections = {"train_sup": p.train_sup.runtime, "train_ref": p.train_ref.runtime,
                 "train_unsup": p.train_unsup.runtime, "sample": p.sample.runtime}
     assert {k: rt.device for k, rt in sections.items()} == dict.fromkeys(sections, "cuda")
-    assert p.train_sup.runtime.compile and p.train_unsup.runtime.compile
     assert p.train_ref.runtime.amp is False
-    assert p.sample.runtime.compile == (p.sample.defaults.n >= 50_000)  # compiling pays only at the paper's N
+    assert p.sample.runtime.channels_last
+    assert {k: rt.compile for k, rt in sections.items()} == dict.fromkeys(sections, name == "paper")
 
 
 def test_cuda_device_without_cuda_is_one_line(monkeypatch):
