@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     from pipeline.params import parse_params
     parsed = parse_params(params)
     tables = [json.loads((a.run / "bench.json").read_text())]
+    tables += [t for t in run.get("compile_runs", []) if t]  # the compiled step, cold and warm processes
     tables += [json.loads(p.read_text()) for p in [a.run / "compile_warm.json", *a.bench] if p.exists()]
     rows = [{**r, "compile": bool(t.get("compile"))} for t in tables for r in t["rows"]]
     first = tables[0]
