@@ -7,6 +7,8 @@ The samplers' objectives are built from these; the training loss NT-Xent lives i
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -29,6 +31,11 @@ def pair_energy(za: torch.Tensor, zb: torch.Tensor, tau: float) -> torch.Tensor:
     Always fp32, also under bf16 autocast (which would run the matmul in bf16): at τ = 0.5 a bf16
     cosine (8 mantissa bits) moves f by ~0.01, as much as the gaps the log-sum-exps rank
     (docs/science.md, precision)."""
-    with torch.autocast(za.device.type, enabled=False):
+    with _no_autocast(za.device.type):
         za, zb = (t if t.dtype == torch.float64 else t.float() for t in (za, zb))  # float64 stays (tests)
         return za @ zb.T / tau
+
+
+def _no_autocast(device_type: str):
+    """Autocast off where it can be on (cpu, cuda); other devices (the tests' `meta` stand-in) have none."""
+    return torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else contextlib.nullcontext()
