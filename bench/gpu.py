@@ -173,8 +173,9 @@ def sampler_cases(arch: str, bs: int, steps: int, device, runtime: dict, names) 
     for name in names:
         sampler = SAMPLERS[name]
         model = nets[sampler.model_kind].to(device).to(memory_format=torch.channels_last).eval()
-        rp = parse_params({"sample": {"defaults": {"steps": steps, "n": bs, "batch_size": bs, "shard_size": bs,
-                                                   "bank_size": 40}}}).sample.resolved(name)
+        rp = parse_params({"sample": {"defaults": {"steps": steps, "n": bs, "batch_size": bs, "shard_size": bs},
+                                      **({name: {"bank_size": 40}} if sampler.model_kind == "contrastive" else {})}}
+                          ).sample.resolved(name)
         ctx = SamplingContext(maybe_compile(model, rt), rp, 10)
         if sampler.model_kind == "contrastive":
             with torch.no_grad():

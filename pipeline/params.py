@@ -18,7 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_mode
                       model_validator)
 
 from .errors import ParamsError
-from .sampler_specs import SPECS
+from .sampler_specs import COMMON_KNOBS, SPECS
 
 NonNeg = Field(ge=0)
 
@@ -223,24 +223,38 @@ class UnsupervisedParams(Strict):
 SAMPLER_NAMES = tuple(SPECS)  # the registry is the single list
 
 
-class SamplerParams(Strict):
-    """Every hyperparameter of docs/science.md §4. All optional here: a sampler's section overrides
-    `sample.defaults`, which holds the documented defaults."""
-    n: Optional[int] = Field(default=None, gt=0, le=MAX_SAMPLES)
-    batch_size: Optional[int] = Field(default=None, gt=0, le=MAX_SAMPLES)
-    shard_size: Optional[int] = Field(default=None, gt=0, le=MAX_SAMPLES)
-    steps: Optional[int] = Field(default=None, ge=0)
-    step_size: Optional[float] = Field(default=None, gt=0)
-    eps: Optional[float] = Field(default=None, gt=0)
-    noise_std: Optional[float] = Field(default=None, ge=0)
-    lam: Optional[float] = None
-    beta: Optional[float] = None
-    bank_size: Optional[int] = Field(default=None, gt=0)
-    tau: Optional[float] = Field(default=None, gt=0)
-    condition: Optional[Literal["labels", "kmeans"]] = None
-    return_best: Optional[bool] = None
-    """Only for samplers whose registry entry has `best_iterate` (TA); not in `defaults`."""
-    seed: Optional[int] = None
+KNOB_FIELDS: dict[str, tuple] = {  # every sampler knob: (type, constraints); None in a section = "not set here"
+    "n": (Optional[int], Field(default=None, gt=0, le=MAX_SAMPLES)),
+    "batch_size": (Optional[int], Field(default=None, gt=0, le=MAX_SAMPLES)),
+    "shard_size": (Optional[int], Field(default=None, gt=0, le=MAX_SAMPLES)),
+    "steps": (Optional[int], Field(default=None, ge=0)),
+    "step_size": (Optional[float], Field(default=None, gt=0)),
+    "eps": (Optional[float], Field(default=None, gt=0)),
+    "noise_std": (Optional[float], Field(default=None, ge=0)),
+    "seed": (Optional[int], None),
+    "lam": (Optional[float], None),
+    "beta": (Optional[float], None),
+    "bank_size": (Optional[int], Field(default=None, gt=0)),
+    "tau": (Optional[float], Field(default=None, gt=0)),
+    "condition": (Optional[Literal["labels", "kmeans"]], None),
+    "return_best": (Optional[bool], None),
+}
+UNREAD_KNOB_VALUES = {"lam": 1.0, "beta": 1.0, "bank_size": 1000, "tau": 0.5, "condition": "labels",
+                      "return_best": False}
+"""A sampler's config record (ResolvedSamplerParams, hashed into its shards' provenance) holds every knob;
+the ones it does not read sit at these fixed values, so that config hashes of earlier runs, and with them
+the default profile's shards, stay the same bytes. No params file can set them."""
+
+
+def _section_model(name: str, knobs: tuple[str, ...], doc: str):
+    return create_model(name, __base__=Strict, __doc__=doc, **{k: KNOB_FIELDS[k] for k in knobs})
+
+
+SamplerDefaults = _section_model("SamplerDefaults", COMMON_KNOBS,
+                                 "sample.defaults: the knobs every sampler reads (docs/science.md §4).")
+SAMPLER_SECTIONS = {name: _section_model(f"Sampler_{name}", COMMON_KNOBS + tuple(spec.knobs),
+                                         f"sample.{name}: the common knobs, overridden for {name}, and its own.")
+                    for name, spec in SPECS.items()}
 
 
 class ResolvedSamplerParams(Strict):
@@ -260,10 +274,9 @@ class ResolvedSamplerParams(Strict):
     seed: int
 
 
-def _default_sampler_section() -> SamplerParams:
-    return SamplerParams(n=500, batch_size=250, shard_size=250, steps=60, step_size=0.5, eps=30.0,
-                         noise_std=0.0, lam=1.0, beta=1.0, bank_size=1000, tau=0.5, condition="labels",
-                         seed=0)
+def _default_sampler_section():
+    return SamplerDefaults(n=500, batch_size=250, shard_size=250, steps=60, step_size=0.5, eps=30.0,
+                           noise_std=0.0, seed=0)
 
 
 class ControlParams(Strict):
@@ -277,15 +290,8 @@ class ControlParams(Strict):
 class _SampleBase(Strict):
     out_dir: str = "samples"
     controls: ControlParams = Field(default_factory=ControlParams)
-    defaults: SamplerParams = Field(default_factory=_default_sampler_section)
+    defaults: SamplerDefaults = Field(default_factory=_default_sampler_section)
     runtime: RuntimeParams = Field(default_factory=RuntimeParams)
-
-    @field_validator("defaults", mode="after")
-    @classmethod
-    def _no_sampler_specific_defaults(cls, value):
-        if value.return_best is not None:
-            raise ValueError("return_best belongs in a sampler's own section (e.g. sample.ta), not in defaults")
-        return value
 
     @field_validator("defaults", mode="before")
     @classmethod
@@ -307,12 +313,9 @@ class _SampleBase(Strict):
         if name not in SAMPLER_NAMES:
             raise ParamsError(f"unknown sampler '{name}'; choose one of {', '.join(SAMPLER_NAMES)}")
         own = getattr(self, name)
-        if own.return_best and not SPECS[name].best_iterate:
-            raise ParamsError(f"sample.{name}.return_best: only for "
-                              f"{', '.join(n for n, s in SPECS.items() if s.best_iterate)}")
-        merged = self.defaults.model_dump()
-        merged["return_best"] = False
-        merged.update(SPECS[name].defaults)  # the registry's own defaults (e.g. Langevin's noise)
+        merged = {**UNREAD_KNOB_VALUES, **self.defaults.model_dump()}
+        merged.update(SPECS[name].defaults)  # the registry's values of common knobs (e.g. Langevin's noise)
+        merged.update(SPECS[name].knobs)     # its own knobs' defaults
         merged.update({k: v for k, v in own.model_dump().items() if v is not None})
         rp = ResolvedSamplerParams(**merged)
         if rp.shard_size % rp.batch_size:
@@ -321,11 +324,12 @@ class _SampleBase(Strict):
         return rp
 
 
-# One section per registered sampler. Precedence when resolving: sample.defaults < the registry
-# entry's defaults (e.g. Langevin's noise_std) < the sampler's own section.
+# One section per registered sampler, accepting the common knobs and its own (a wrong knob is one line
+# naming it). Precedence when resolving: sample.defaults < the registry entry's defaults (e.g. Langevin's
+# noise_std) and its knobs' defaults < the sampler's own section.
 SampleParams = create_model(
     "SampleParams", __base__=_SampleBase,
-    **{name: (SamplerParams, Field(default_factory=SamplerParams)) for name in SPECS})
+    **{name: (model, Field(default_factory=model)) for name, model in SAMPLER_SECTIONS.items()})
 
 
 # ----------------------------------------------------------------------------- scoring / report
@@ -379,6 +383,11 @@ def _format_error(err: ValidationError, source: str) -> str:
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+        if len(first["loc"]) == 3 and first["loc"][0] == "sample" and first["loc"][2] in KNOB_FIELDS:
+            knob = first["loc"][2]
+            owners = [n for n, spec in SPECS.items() if knob in spec.knobs]
+            msg = (f"'{knob}' is not a knob of sample.{first['loc'][1]}; it is read only by "
+                   f"{', '.join(owners)} (set it there, e.g. sample.{owners[0]}.{knob})")
     got = first.get("input")
     got_txt = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {bounded(repr(got), 80)})"
     more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""

@@ -22,14 +22,25 @@ class SamplerSpec:
     paper_is: Optional[float]  # Wang et al. 2022, CIFAR-10, 50k samples, Inception IS / FID
     paper_fid: Optional[float]
     defaults: dict = field(default_factory=dict)
-    """This sampler's values that differ from `sample.defaults` (a reading of docs/science.md)."""
-    best_iterate: bool = False
-    """Accepts `return_best` (return the iterate with the highest objective)."""
+    """This sampler's values of common knobs that differ from `sample.defaults` (a reading of docs/science.md)."""
+    knobs: dict = field(default_factory=dict)
+    """The knobs only this sampler reads, with their defaults: its `sample.<name>` section accepts these
+    and the COMMON_KNOBS, nothing else, and params.yaml lists them (tests/test_params.py checks it)."""
 
     @property
     def training(self) -> str:
         return "supervised" if self.model_kind == "classifier" else "unsupervised"
 
+    @property
+    def best_iterate(self) -> bool:
+        """Accepts `return_best` (return the iterate with the highest objective)."""
+        return "return_best" in self.knobs
+
+
+COMMON_KNOBS = ("n", "batch_size", "shard_size", "steps", "step_size", "eps", "noise_std", "seed")
+"""What every sampler reads: `sample.defaults` holds them, a sampler's section may override them."""
+CONTRASTIVE_KNOBS = {"bank_size": 1000, "tau": 0.5}
+"""The bank B (M training images) and the temperature τ of f(x, b) = ĝ(x)·ĝ(b)/τ (docs/science.md §4)."""
 
 SPECS: dict[str, SamplerSpec] = {}
 
@@ -42,14 +53,15 @@ def spec(name: str, *args, **kwargs) -> SamplerSpec:
 
 
 # Order = the paper's table order (and the report's).
-spec("ta", "classifier", True, "log p(y|x) = f(x,y) − LSE(x)", "TA", 9.26, 56.72, best_iterate=True)
+spec("ta", "classifier", True, "log p(y|x) = f(x,y) − LSE(x)", "TA", 9.26, 56.72, knobs={"return_best": False})
 spec("langevin", "classifier", True, "f(x,y), with σ·ξ noise (noise_std)", "Langevin", 9.65, 63.34,
      defaults={"noise_std": 0.01})  # JEM's decoupled noise scale (reading)
 spec("cs", "classifier", True, "f(x,y)", "CS", 9.77, 56.26)
-spec("rcs", "classifier", True, "f(x,y) + λ·log p(y|x)", "RCS", 9.80, 55.91)
-spec("pgd_uncond", "contrastive", False, "log Σ_{b∈B} exp f(x,b)", "PGD", 5.35, 74.27)
+spec("rcs", "classifier", True, "f(x,y) + λ·log p(y|x)", "RCS", 9.80, 55.91, knobs={"lam": 1.0})
+spec("pgd_uncond", "contrastive", False, "log Σ_{b∈B} exp f(x,b)", "PGD", 5.35, 74.27, knobs={**CONTRASTIVE_KNOBS})
 spec("maxent_uncond", "contrastive", False, "log Σ_{b∈B} exp f(x,b) − β·log Σ_{k≠i} exp f(xᵢ,x_k)", "MaxEnt",
-     8.24, 41.80)
-spec("pgd_cond", "contrastive", True, "log Σ_{b∈B_c} exp f(x,b)", "PGD", 5.85, 68.54)
+     8.24, 41.80, knobs={"beta": 1.0, **CONTRASTIVE_KNOBS})
+spec("pgd_cond", "contrastive", True, "log Σ_{b∈B_c} exp f(x,b)", "PGD", 5.85, 68.54,
+     knobs={**CONTRASTIVE_KNOBS, "condition": "labels"})
 spec("maxent_cond", "contrastive", True, "log Σ_{b∈B_c} exp f(x,b) − β·log Σ_{k≠i} exp f(xᵢ,x_k)", "MaxEnt",
-     8.68, 36.44)
+     8.68, 36.44, knobs={"beta": 1.0, **CONTRASTIVE_KNOBS, "condition": "labels"})

@@ -58,7 +58,7 @@ def test_schema_sections_and_defaults_come_from_the_registry():
     p = Params()
     assert p.sample.resolved("langevin").noise_std == SPECS["langevin"].defaults["noise_std"]
     assert all(hasattr(p.sample, name) for name in SPECS)
-    with pytest.raises(Exception, match="return_best: only for ta"):
+    with pytest.raises(Exception, match="'return_best' is not a knob of sample.cs; it is read only by ta"):
         load_params(ROOT / "params.yaml", ["sample.cs.return_best=true"])
 
 

@@ -81,3 +81,38 @@ def test_sampler_sections_override_defaults():
     assert p.sample.resolved("cs").steps == 3 and p.sample.resolved("ta").steps == 7
     assert p.sample.resolved("langevin").noise_std == 0.01  # JEM's decoupled noise (docs/science.md reading)
     assert p.sample.resolved("ta").noise_std == 0.0
+
+
+def test_params_yaml_lists_every_samplers_own_knobs_at_the_registry_defaults():
+    """So that `dvc exp run -S sample.rcs.lam=2` works as written (DVC can only -S keys that exist)."""
+    import yaml
+
+    from pipeline.sampler_specs import COMMON_KNOBS, SPECS
+    from tests.conftest import ROOT
+    sample = yaml.safe_load((ROOT / "params.yaml").read_text())["sample"]
+    assert set(sample["defaults"]) == set(COMMON_KNOBS)
+    for name, spec in SPECS.items():
+        assert sample[name] == {**spec.defaults, **spec.knobs}, name
+
+
+@pytest.mark.parametrize("override, words", [
+    ("sample.cs.lam=2", "sample.cs.lam: 'lam' is not a knob of sample.cs; it is read only by rcs (set it there"),
+    ("sample.defaults.beta=2", "sample.defaults.beta: 'beta' is not a knob of sample.defaults; it is read only by "
+                               "maxent_uncond, maxent_cond"),
+    ("sample.ta.tau=0.1", "read only by pgd_uncond, maxent_uncond, pgd_cond, maxent_cond"),
+    ("sample.pgd_uncond.condition=kmeans", "read only by pgd_cond, maxent_cond"),
+    ("sample.rcs.colour=2", "sample.rcs.colour: unknown key"),
+])
+def test_a_knob_its_sampler_does_not_read_is_one_line(override, words):
+    from pipeline.params import ParamsError, load_params
+    from tests.conftest import ROOT
+    with pytest.raises(ParamsError) as err:
+        load_params(ROOT / "params.yaml", [override])
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_own_knobs_reach_the_resolved_sampler_and_nothing_else():
+    p = parse_params({"sample": {"rcs": {"lam": 2.0}, "maxent_cond": {"beta": 3.0, "bank_size": 50}}})
+    assert p.sample.resolved("rcs").lam == 2.0 and p.sample.resolved("cs").lam == 1.0
+    assert p.sample.resolved("maxent_cond").beta == 3.0 and p.sample.resolved("maxent_uncond").beta == 1.0
+    assert p.sample.resolved("maxent_cond").bank_size == 50 and p.sample.resolved("pgd_cond").bank_size == 1000

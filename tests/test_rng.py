@@ -124,8 +124,9 @@ def test_sampler_steps_move_nothing_between_host_and_gpu(on_stand_in, name):
     seeds = fit_seeds(data.train, 10, 1e-4)
     a = ArchParams(**ARCH)
     net = (build_classifier(a, 10) if sampler.model_kind == "classifier" else ContrastiveModel(a, 128)).eval()
-    sp = SampleParams.model_validate({"defaults": {"n": 20, "batch_size": 20, "shard_size": 20, "bank_size": 40},
-                                      "ta": {"return_best": True} if name == "ta" else {}})
+    sp = SampleParams.model_validate({"defaults": {"n": 20, "batch_size": 20, "shard_size": 20},
+                                      name: {"return_best": True} if name == "ta" else
+                                      {"bank_size": 40} if sampler.model_kind == "contrastive" else {}})
     crossings = []
     for steps in (2, 5):
         rp = sp.resolved(name)
