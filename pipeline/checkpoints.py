@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from .data import atomic_torch_save
+from .files import atomic_torch_save
 from .errors import CemError
 
 
@@ -51,7 +51,7 @@ the same training gives the same model.pt bytes (and DVC's caches work)."""
 def write_lineage(model_path: Path, run_id: str, stage: str) -> None:
     import json
 
-    from .data import atomic_write_text
+    from .files import atomic_write_text
     atomic_write_text(Path(model_path).parent / LINEAGE_FILE,
                       json.dumps({"mlflow_run_id": run_id, "stage": stage}, indent=2) + "\n")
 

@@ -7,11 +7,9 @@ Outputs (in `data.out_dir`):
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
-import os
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import CemError
+from .files import atomic_torch_save, atomic_write_text, sha256_file
 from .rng import draw_device
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -269,55 +268,6 @@ def draw_seeds(seeds: dict, n: int, gen: torch.Generator, condition: Optional[to
             x += g["iso_std"] * torch.randn(len(idx), x.shape[1], generator=gen, device=dev)
         out[idx] = x
     return out.clamp_(0, 1).view(n, 3, 32, 32)
-
-
-# ----------------------------------------------------------------------------- files
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_torch_save(obj, path: str | Path) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:  # a full disk, a vanished folder, Ctrl-C: no half file, no temp left
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, (OSError, RuntimeError)):
-            raise CemError(f"cannot write {path}: {_write_error(exc)}") from None
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise CemError(f"cannot write {path}: {_write_error(exc)}") from None
-        raise
-
-
-def _write_error(exc: BaseException) -> str:
-    """What went wrong while writing, in a few words (torch reports a full disk as a RuntimeError
-    about stream positions; the OS error underneath says 'No space left on device')."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-    if "unexpected pos" in text or "file write failed" in text:
-        return f"the write failed ({text[:80]}): is the disk full?"
-    return text[:200]
 
 
 def load_dataset(out_dir: str | Path) -> Dataset:

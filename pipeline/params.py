@@ -18,7 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_mode
                       model_validator)
 
 from .errors import ParamsError
-from .sampler_specs import COMMON_KNOBS, SPECS
+from .sampler_specs import COMMON_KNOBS, SPECS, require_sampler
 
 NonNeg = Field(ge=0)
 
@@ -69,13 +69,18 @@ class ArchParams(Strict):
         return self
 
 
+def madry_step_size(eps: float, steps: int) -> float:
+    """The default PGD step: 2.5·ε/steps (Madry et al.), for training and evaluation attacks alike."""
+    return 2.5 * eps / max(steps, 1)
+
+
 class AttackParams(Strict):
     """The training attack."""
     norm: Literal["l2", "linf"] = "l2"
     eps: float = Field(default=0.5, ge=0)
     steps: int = Field(default=3, ge=0)
     step_size: Optional[float] = Field(default=None, gt=0)
-    """None: 2.5·eps/steps for L2 (Madry), 2/255 for L∞ when eps = 8/255 else 2.5·eps/steps."""
+    """None: 2.5·eps/steps (Madry's rule, both norms); 1.25·eps for fgsm_rs."""
     random_start: bool = True
     kind: Literal["pgd", "fgsm_rs"] = "pgd"
     """'fgsm_rs' is fast AT (one step from a random start, step 1.25·eps); a cheaper option."""
@@ -85,7 +90,7 @@ class AttackParams(Strict):
             return self.step_size
         if self.kind == "fgsm_rs":
             return 1.25 * self.eps
-        return 2.5 * self.eps / max(self.steps, 1)
+        return madry_step_size(self.eps, self.steps)
 
     @model_validator(mode="after")
     def _eps_needs_steps(self):
@@ -103,6 +108,9 @@ class EvalAttackParams(Strict):
     step_size: Optional[float] = Field(default=None, gt=0)
     """None: 2.5·eps/steps (Madry)."""
     random_start: bool = True
+
+    def resolved_step_size(self, steps: int) -> float:
+        return self.step_size if self.step_size is not None else madry_step_size(self.eps, steps)
 
 
 class EvalParams(Strict):
@@ -310,8 +318,7 @@ class _SampleBase(Strict):
         return self
 
     def resolved(self, name: str) -> ResolvedSamplerParams:
-        if name not in SAMPLER_NAMES:
-            raise ParamsError(f"unknown sampler '{name}'; choose one of {', '.join(SAMPLER_NAMES)}")
+        require_sampler(name)
         own = getattr(self, name)
         merged = {**UNREAD_KNOB_VALUES, **self.defaults.model_dump()}
         merged.update(SPECS[name].defaults)  # the registry's values of common knobs (e.g. Langevin's noise)

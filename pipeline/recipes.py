@@ -36,8 +36,7 @@ def to_float(images: torch.Tensor, device: torch.device, channels_last: bool) ->
 
 
 def attack_kwargs(attack: EvalAttackParams, steps: int) -> dict:
-    step_size = attack.step_size if attack.step_size is not None else 2.5 * attack.eps / max(steps, 1)
-    return dict(norm=attack.norm, eps=attack.eps, steps=steps, step_size=step_size,
+    return dict(norm=attack.norm, eps=attack.eps, steps=steps, step_size=attack.resolved_step_size(steps),
                 random_start=attack.random_start)
 
 
@@ -89,6 +88,11 @@ def autoattack_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Te
         y = labels[i:i + batch_size].to(device)
         correct += (_predict(net, aa(x, y)) == y).sum().item()
     return 100.0 * correct / len(labels)
+
+
+def wants_autoattack(p, steps: int) -> bool:
+    """eval.final_attack = autoattack, and there is an attack to run (ε > 0, steps > 0)."""
+    return p.eval.final_attack == "autoattack" and p.eval_attack.eps > 0 and steps > 0
 
 
 def final_autoattack(model, data: Dataset, final_idx: torch.Tensor, p, device, channels_last, amp) -> dict:
@@ -159,7 +163,7 @@ class SupervisedRecipe:
                        p.eval.batch_size, self.device, self.cl, amp)
         if final:
             res["eval_images"] = len(idx)
-            if p.eval.final_attack == "autoattack" and p.eval_attack.eps > 0 and steps > 0:
+            if wants_autoattack(p, steps):
                 res.update(final_autoattack(self.model, self.data, idx, p, self.device, self.cl, self.amp))
         return res
 
@@ -248,7 +252,7 @@ class ContrastiveRecipe:
         steps = p.eval.attack_steps if final else p.eval.epoch_attack_steps
         res = evaluate(probe, data.test.images[idx], data.test.labels[idx], p.eval_attack, steps,
                        p.eval.batch_size, self.device, self.cl, self.amp)
-        if final and p.eval.final_attack == "autoattack" and p.eval_attack.eps > 0 and steps > 0:
+        if final and wants_autoattack(p, steps):
             res.update(final_autoattack(probe, data, idx, p, self.device, self.cl, self.amp))
         res = {f"probe_{k}": v for k, v in res.items()}
         if final:

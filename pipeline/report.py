@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 from .controls import CONTROL_SETS, FAILED_LINE, NOISE_SIGMAS, margin
-from .data import atomic_write_text
 from .errors import CemError
-from .files import read_json_file, require_keys
+from .files import atomic_write_text, read_json_file, require_keys
 from .sampler_specs import SPECS
 
 ORDER = list(SPECS)  # the registry's order is the paper's table order

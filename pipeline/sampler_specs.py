@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .errors import ParamsError
+
 
 @dataclass(frozen=True)
 class SamplerSpec:
@@ -43,6 +45,13 @@ CONTRASTIVE_KNOBS = {"bank_size": 1000, "tau": 0.5}
 """The bank B (M training images) and the temperature τ of f(x, b) = ĝ(x)·ĝ(b)/τ (docs/science.md §4)."""
 
 SPECS: dict[str, SamplerSpec] = {}
+
+
+def require_sampler(name: str) -> SamplerSpec:
+    """The registry entry of `name`, or one line listing the registered samplers (exit 2)."""
+    if name not in SPECS:
+        raise ParamsError(f"unknown sampler '{name}'; choose one of {', '.join(SPECS)}")
+    return SPECS[name]
 
 
 def spec(name: str, *args, **kwargs) -> SamplerSpec:

@@ -18,7 +18,8 @@ import torch
 
 from . import distributed
 from .checkpoints import build_trained_model, load_model_file, model_run_id
-from .data import atomic_torch_save, atomic_write_text, load_dataset, load_seeds, sha256_file
+from .data import load_dataset, load_seeds
+from .files import atomic_torch_save, atomic_write_text, sha256_file
 from .errors import CemError
 from .params import ControlParams, ResolvedSamplerParams, RuntimeParams
 from .runtime import amp_decision, maybe_compile
@@ -26,14 +27,14 @@ from .progress import log, progress_bar
 from .files import read_json_file
 from .sample_files import (CONTROLS_FILE, IMAGE_SHAPE, load_sample_file, load_shards, provenance, shard_expectation,
                            shard_paths, shard_problem)
+from .sampler_specs import require_sampler
 from .samplers import SAMPLERS, SamplingContext, build_bank, generate_batch, seeds_on, to_uint8
 
 
 def model_path_for(p, name: str) -> Path:
     """The trained model a sampler draws from: supervised AT for classifier samplers, the
     contrastive encoder for the others."""
-    if name not in SAMPLERS:
-        raise CemError(f"unknown sampler '{name}'; registered: {', '.join(SAMPLERS)}", exit_code=2)
+    require_sampler(name)
     kind = SAMPLERS[name].model_kind
     return Path(p.train_sup.out_dir if kind == "classifier" else p.train_unsup.out_dir) / "model.pt"
 
@@ -41,8 +42,7 @@ def model_path_for(p, name: str) -> Path:
 def prepare_context(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir: str, device,
                     runtime: Optional[RuntimeParams] = None):
     """Model, seeds and (for contrastive samplers) the bank: everything a batch needs."""
-    if name not in SAMPLERS:
-        raise CemError(f"unknown sampler '{name}'; registered: {', '.join(SAMPLERS)}", exit_code=2)
+    require_sampler(name)
     sampler = SAMPLERS[name]
     blob = load_model_file(model_path)
     if blob["kind"] != sampler.model_kind:

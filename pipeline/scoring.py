@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .checkpoints import build_trained_model, load_model_file, model_run_id
-from .data import sha256_file
+from .files import sha256_file
 from .errors import CemError
 from .progress import log, progress_bar
 
@@ -423,7 +423,7 @@ def compute_reference_stats(p, inputs: ReferenceInputs, device: torch.device, ru
     """`cem reference-stats`: statistics of the reference set in every enabled space (npz), then
     each space's controls (controls.json beside them; pipeline.controls says why)."""
     from .controls import CONTROL_SETS, CONTROLS_FILE, FAILED_LINE
-    from .data import atomic_write_text
+    from .files import atomic_write_text
     images, ident, judge, enabled = inputs.images, inputs.ident, inputs.judge, inputs.enabled
     ctrl_images, ctrl_labels = inputs.ctrl_images, inputs.ctrl_labels
     folder = Path(p.score.reference_dir)

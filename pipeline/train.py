@@ -23,7 +23,8 @@ from torch import nn
 
 from . import distributed, rng
 from .checkpoints import load_checkpoint, restore_rng, save_checkpoint, write_lineage
-from .data import Dataset, atomic_torch_save, atomic_write_text
+from .data import Dataset
+from .files import atomic_torch_save, atomic_write_text
 from .errors import CemError, DivergenceError
 from .params import OptimParams, SupervisedParams, UnsupervisedParams, section_hash
 from .progress import log, progress_bar
@@ -331,8 +332,9 @@ def import_supervised(p: SupervisedParams, data: Dataset, run, stage: str, secti
     from types import SimpleNamespace
 
     from . import model_sources
-    from .data import sha256_file, stratified_indices
-    from .recipes import EVAL_SEED, evaluate, final_autoattack
+    from .data import stratified_indices
+    from .files import sha256_file
+    from .recipes import EVAL_SEED, evaluate, final_autoattack, wants_autoattack
     device = setup_runtime(p.runtime)
     name = model_sources.robustbench_name(p.source)
     if len(data.classes) != 10:
@@ -347,7 +349,7 @@ def import_supervised(p: SupervisedParams, data: Dataset, run, stage: str, secti
     final = evaluate(model, data.test.images[idx], data.test.labels[idx], p.eval_attack, p.eval.attack_steps,
                      p.eval.batch_size, device, False)
     final["eval_images"] = len(idx)
-    if p.eval.final_attack == "autoattack" and p.eval_attack.eps > 0 and p.eval.attack_steps > 0:
+    if wants_autoattack(p, p.eval.attack_steps):
         final.update(final_autoattack(model, data, idx, p, device, False, False))
     blob = {"kind": "classifier", "arch": {"name": "robustbench", "model": name, "threat_model": "L2"},
             "num_classes": 10, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},

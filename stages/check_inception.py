@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.data import atomic_write_text
+from pipeline.files import atomic_write_text
 from pipeline.progress import log
 from pipeline.scoring import check_inception as run_check
 from pipeline.runtime import setup_runtime

@@ -8,11 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline import data as data_mod
-from pipeline.errors import CemError
 from pipeline.params import SAMPLER_NAMES
+from pipeline.sampler_specs import require_sampler
 from pipeline.locks import exclusive
 from pipeline.progress import log
-from pipeline.samplers import SAMPLERS
 from pipeline.checkpoints import load_model_file, model_run_id
 from pipeline.sampling import model_path_for, run_sampling
 from pipeline.tracking import stage_run
@@ -29,8 +28,7 @@ def sample(
     n: Annotated[Optional[int], typer.Option(help="Override sample.NAME.n (number of samples).")] = None,
 ):
     """Draw samples (uint8 shards + grid.png + meta.json under sample.out_dir/NAME)."""
-    if name not in SAMPLERS:
-        raise CemError(f"unknown sampler '{name}'; choose one of {', '.join(SAMPLERS)}", exit_code=2)
+    require_sampler(name)
     p = load(params, overrides, {f"sample.{name}.n": n})
     rp = p.sample.resolved(name)
     model_path = model_path_for(p, name)

@@ -8,9 +8,10 @@ from typing import Annotated
 
 import typer
 
-from pipeline.data import atomic_write_text, read_manifest
-from pipeline.errors import CemError
+from pipeline.data import read_manifest
+from pipeline.files import atomic_write_text
 from pipeline.params import SAMPLER_NAMES
+from pipeline.sampler_specs import require_sampler
 from pipeline.locks import exclusive
 from pipeline.progress import log
 from pipeline.scoring import score_inputs, score_samples
@@ -27,8 +28,7 @@ def score(
     overrides: Overrides = None,
 ):
     """Write score.out_dir/NAME.json (DVC metrics) and log the same numbers to MLflow."""
-    if name not in SAMPLER_NAMES:
-        raise CemError(f"unknown sampler '{name}'; choose one of {', '.join(SAMPLER_NAMES)}", exit_code=2)
+    require_sampler(name)
     p = load(params, overrides)
     device = setup_runtime(p.sample.runtime)
     inputs = score_inputs(name, p)  # every input checked before an MLflow run opens or a byte is written

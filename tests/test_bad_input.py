@@ -279,7 +279,7 @@ def test_a_lock_path_that_is_a_directory_is_one_line(prepared, tmp_path):
 
 def test_a_failed_write_leaves_no_temp_file_and_is_one_line(tmp_path, monkeypatch):
     import torch
-    from pipeline.data import atomic_torch_save
+    from pipeline.files import atomic_torch_save
     from pipeline.errors import CemError
 
     def full_disk(obj, f, *a, **k):

@@ -85,8 +85,6 @@ def test_sampler_sections_override_defaults():
 
 def test_params_yaml_lists_every_samplers_own_knobs_at_the_registry_defaults():
     """So that `dvc exp run -S sample.rcs.lam=2` works as written (DVC can only -S keys that exist)."""
-    import yaml
-
     from pipeline.sampler_specs import COMMON_KNOBS, SPECS
     from tests.conftest import ROOT
     sample = yaml.safe_load((ROOT / "params.yaml").read_text())["sample"]

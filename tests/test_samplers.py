@@ -16,9 +16,10 @@ NAMES = ["ta", "langevin", "cs", "rcs", "pgd_uncond", "pgd_cond", "maxent_uncond
 
 
 def _ctx(trained, name, **over):
+    """The sampler's context, `over` set in its own section (common knobs and its own alike)."""
     tmp, raw = trained
     raw = json.loads(json.dumps(raw))
-    raw["sample"]["defaults"].update(over)
+    raw["sample"].setdefault(name, {}).update(over)
     p = parse_params(raw)
     rp = p.sample.resolved(name)
     folder = "sup" if SAMPLERS[name].model_kind == "classifier" else "unsup"
@@ -93,7 +94,7 @@ def test_conditional_samplers_raise_target_probability(trained, name):
 
 def test_maxent_spreads_samples_more_than_pgd_from_the_same_seeds(trained):
     def spread(name):
-        _, rp, (sampler, ctx, seeds, _) = _ctx(trained, name, steps=20, beta=1.0)
+        _, rp, (sampler, ctx, seeds, _) = _ctx(trained, name, steps=20, **({"beta": 1.0} if "maxent" in name else {}))
         x0, x, _ = generate_batch(sampler, ctx, seeds, 0, 20, 0)
         z = embed_all(ctx.model, to_uint8(x))
         return torch.pdist(z).mean().item(), x0
