@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .datasets import DatasetSpec, require_dataset
 from .errors import CemError
 from .files import atomic_torch_save, atomic_write_text, sha256_file
 from .rng import draw_device
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 OFFLINE_HINT = ("point data.source at a local copy, e.g. "
                 "`cem prepare --source ../shared/data/cifar10-jpeg.tar.gz` "
@@ -168,35 +168,48 @@ def _read_dir(path: Path, per_class, seed) -> Dataset:
     return _assemble(_capped(entries(), path), str(path), per_class, seed)
 
 
-def _read_torchvision(download_dir: Path, per_class, seed) -> Dataset:
-    from torchvision.datasets import CIFAR10
-    splits = {}
+def _read_torchvision(spec: DatasetSpec, download_dir: Path, per_class, seed) -> Dataset:
+    import torchvision.datasets
+    cls = getattr(torchvision.datasets, spec.torchvision)
+    splits, names = {}, spec.classes
     try:
         for split in ("train", "test"):
-            ds = CIFAR10(str(download_dir), train=split == "train", download=True)
-            full = Split(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
-                         torch.tensor(ds.targets, dtype=torch.int64))
+            kw = {"train": split == "train"} if spec.split_style == "train_flag" else {"split": split}
+            ds = cls(str(download_dir / spec.name), download=True, **kw)
+            images = torch.from_numpy(ds.data)
+            if images.shape[-1] == spec.channels:  # HWC (CIFAR) -> CHW; SVHN is CHW already
+                images = images.permute(0, 3, 1, 2)
+            labels = ds.targets if hasattr(ds, "targets") else ds.labels
+            full = Split(images.contiguous(), torch.as_tensor(labels, dtype=torch.int64))
             splits[split] = subset(full, per_class[split], seed + (split == "test"))
+            names = names or tuple(getattr(ds, "classes", ()))
     except Exception as exc:  # network errors come in many classes (URLError, socket, ssl, ...)
-        raise CemError(f"could not download CIFAR-10 with torchvision ({exc.__class__.__name__}); "
+        raise CemError(f"could not download {spec.name} with torchvision ({exc.__class__.__name__}); "
                        f"{OFFLINE_HINT}") from None
-    return Dataset(splits["train"], splits["test"], list(CIFAR10_CLASSES))
+    return Dataset(splits["train"], splits["test"], list(names))
 
 
 def read_source(source: str, download_dir: str | Path = "data/raw", train_per_class: Optional[int] = None,
-                test_per_class: Optional[int] = None, seed: int = 0) -> Dataset:
-    """Read a source and take the stratified deterministic subset (None: everything)."""
+                test_per_class: Optional[int] = None, seed: int = 0, name: str = "cifar10") -> Dataset:
+    """Read dataset `name` (pipeline/datasets.py) from a source and take the stratified deterministic
+    subset (None: everything). A local source must hold the dataset's number of classes."""
+    spec = require_dataset(name)
     per_class = {"train": train_per_class, "test": test_per_class}
     if source == "torchvision":
-        return _read_torchvision(Path(download_dir), per_class, seed)
+        return _read_torchvision(spec, Path(download_dir), per_class, seed)
     path = Path(source)
     if not path.exists():
         raise CemError(f"data source not found: {source}; {OFFLINE_HINT}")
     if path.is_dir():
-        return _read_dir(path, per_class, seed)
-    if not path.is_file() or path.stat().st_size == 0:
+        ds = _read_dir(path, per_class, seed)
+    elif not path.is_file() or path.stat().st_size == 0:
         raise CemError(f"data source {source} is empty or not a regular file; {OFFLINE_HINT}")
-    return _read_tar(path, per_class, seed)
+    else:
+        ds = _read_tar(path, per_class, seed)
+    if len(ds.classes) != spec.num_classes:
+        raise CemError(f"data source {source} holds {len(ds.classes)} class folders, but data.name '{name}' has "
+                       f"{spec.num_classes} classes: set data.name to the dataset it holds")
+    return ds
 
 
 # ----------------------------------------------------------------------------- subsets
@@ -301,15 +314,15 @@ def read_manifest(out_dir: str | Path) -> dict:
 
 
 def load_and_fit(source: str, download_dir: str, train_per_class: Optional[int], test_per_class: Optional[int],
-                 ridge: float, seed: int) -> tuple[Dataset, dict]:
+                 ridge: float, seed: int, name: str = "cifar10") -> tuple[Dataset, dict]:
     """Read the source and fit the seeds: all the work and every check of the source, before the
     stage opens an MLflow run or writes anything."""
-    ds = read_source(source, download_dir, train_per_class, test_per_class, seed)
+    ds = read_source(source, download_dir, train_per_class, test_per_class, seed, name)
     return ds, fit_seeds(ds.train, len(ds.classes), ridge)
 
 
 def write_prepared(ds: Dataset, seeds: dict, source: str, out_dir: str, train_per_class: Optional[int],
-                   test_per_class: Optional[int], seed: int, run_id: str = "") -> dict:
+                   test_per_class: Optional[int], seed: int, run_id: str = "", name: str = "cifar10") -> dict:
     train, test = ds.train, ds.test
     out = Path(out_dir)
     atomic_torch_save({"train_images": train.images, "train_labels": train.labels,
@@ -317,6 +330,7 @@ def write_prepared(ds: Dataset, seeds: dict, source: str, out_dir: str, train_pe
                        "classes": list(ds.classes)}, out / "dataset.pt")
     atomic_torch_save(seeds, out / "seeds.pt")
     manifest = {
+        "dataset": name,
         "source": source,
         "classes": list(ds.classes),
         "train_per_class": {c: int((train.labels == i).sum()) for i, c in enumerate(ds.classes)},

@@ -23,9 +23,9 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
+from .datasets import require_dataset
 from .sampler_specs import SPECS
 
-CIFAR10_TRAIN = 50_000
 LOOP_KEYS = {"optim", "runtime", "checkpoint_every", "out_dir"}
 """Section keys that change only the loop (its length and speed), not the measured fixed part."""
 
@@ -97,7 +97,8 @@ class Estimator:
         return fixed, note + self._stale(stage)
 
     def training(self, name: str, sec) -> tuple[str, Optional[float], str]:
-        n_train = CIFAR10_TRAIN if self.p.data.train_per_class is None else 10 * self.p.data.train_per_class
+        ds = require_dataset(self.p.data.name)
+        n_train = ds.train_size if self.p.data.train_per_class is None else ds.num_classes * self.p.data.train_per_class
         compile_ = sec.runtime.compile
         if name == "train_unsup":
             pattern = rf"^contrastive AT {sec.arch.name} PGD-{sec.attack.steps}\b"

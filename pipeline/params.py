@@ -18,6 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_mode
                       model_validator)
 
 from .errors import ParamsError
+from .datasets import require_dataset
 from .sampler_specs import COMMON_KNOBS, SPECS, require_sampler
 
 NonNeg = Field(ge=0)
@@ -35,6 +36,9 @@ class Strict(BaseModel):
 
 # ----------------------------------------------------------------------------- data
 class DataParams(Strict):
+    name: str = "cifar10"
+    """A registered dataset (pipeline/datasets.py: cifar10, cifar100, svhn): its classes, image size and
+    split sizes, how torchvision downloads it, and whether the paper's numbers apply."""
     source: str = "torchvision"
     """'torchvision' (download, cached under `download_dir`) or a path to a local ImageFolder
     directory or .tar/.tar.gz archive with train/<class>/* and test/<class>/*."""
@@ -46,6 +50,12 @@ class DataParams(Strict):
     cov_ridge: float = Field(default=1e-4, ge=0)
     """Added to every seed covariance's diagonal (docs/science.md §4)."""
     seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value):
+        require_dataset(value)
+        return value
 
 
 # ----------------------------------------------------------------------------- models / attacks

@@ -228,12 +228,15 @@ def write_controls(out: Path, name: str, sampler, ctx, seeds, rp: ResolvedSample
     return path
 
 
+GRID_CLASSES = 20
+
+
 def write_grid(folder: Path, conditional: bool, num_classes: int, per_row: int = 10) -> Path:
     """Sample grid PNG: one row per class for conditional samplers, else the first 100 samples."""
     from torchvision.utils import make_grid
     images, labels = next(load_shards(folder))
-    if conditional:
-        rows = [images[labels == c][:per_row] for c in range(num_classes)]
+    if conditional:  # one row per class, the first GRID_CLASSES classes (CIFAR-100 would need 100 rows)
+        rows = [images[labels == c][:per_row] for c in range(min(num_classes, GRID_CLASSES))]
         rows = [torch.cat([r, torch.zeros(per_row - len(r), *r.shape[1:], dtype=r.dtype)]) for r in rows]
         picked = torch.cat(rows)
     else:

@@ -1,4 +1,4 @@
-"""`cem prepare`: CIFAR-10 → uint8 tensors, Gaussian seed statistics and a manifest."""
+"""`cem prepare`: the dataset (data.name) → uint8 tensors, Gaussian seed statistics and a manifest."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,13 +22,14 @@ def prepare(
         help="'torchvision' (download) or a local ImageFolder dir / .tar / .tar.gz (overrides data.source)")] = None,
     out_dir: Annotated[Optional[str], typer.Option(help="Output folder (overrides data.out_dir)")] = None,
 ):
-    """Read CIFAR-10 and write dataset.pt, seeds.pt and manifest.json."""
+    """Read the dataset (data.name, from data.source) and write dataset.pt, seeds.pt and manifest.json."""
     p = load(params, overrides, {"data.source": source, "data.out_dir": out_dir})
     d = p.data
-    ds, seeds = data.load_and_fit(d.source, d.download_dir, d.train_per_class, d.test_per_class, d.cov_ridge, d.seed)
+    ds, seeds = data.load_and_fit(d.source, d.download_dir, d.train_per_class, d.test_per_class, d.cov_ridge, d.seed,
+                                  d.name)
     with exclusive(d.out_dir, "prepare"), stage_run(p.experiment, "prepare", d) as run:
         manifest = data.write_prepared(ds, seeds, d.source, d.out_dir, d.train_per_class, d.test_per_class, d.seed,
-                                       run_id=run.run_id)
+                                       run_id=run.run_id, name=d.name)
         run.log_metrics({"n_train": manifest["n_train"], "n_test": manifest["n_test"]})
         run.log_artifact(Path(d.out_dir) / "manifest.json")
         run.set_tags({"data.sha256": manifest["sha256"]["dataset.pt"]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.controls import FAILED_LINE, read_controls
+from pipeline.datasets import require_dataset
 from pipeline.progress import log
 from pipeline.report import write_report
 from pipeline.tracking import stage_run
@@ -20,7 +21,8 @@ def report(params: ParamsPath = Path("params.yaml"), overrides: Overrides = None
                            {"supervised AT (sampled)": Path(p.metrics_dir) / "train_sup.json",
                             "unsupervised AT encoder + linear probe (sampled)": Path(p.metrics_dir) / "train_unsup.json",
                             "reference classifier (judge)": Path(p.metrics_dir) / "train_ref.json"},
-                           Path(p.report.out), controls=read_controls(Path(p.score.reference_dir)))
+                           Path(p.report.out), controls=read_controls(Path(p.score.reference_dir)),
+                           dataset=require_dataset(p.data.name))
         run.log_artifact(out)
         controls = read_controls(Path(p.score.reference_dir)) or {"spaces": {}}
         run.set_tags({f"instrument.{k}": "passed its controls" if c["passed"] else FAILED_LINE

@@ -34,10 +34,13 @@ def make_image(c: int, rng: np.random.Generator) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
-def write_image_folder(root: Path, train_per_class: int = 20, test_per_class: int = 10, seed: int = 0) -> Path:
+def write_image_folder(root: Path, train_per_class: int = 20, test_per_class: int = 10, seed: int = 0,
+                       num_classes: int = 10) -> Path:
+    """A synthetic ImageFolder (train/<class>/*.png, test/<class>/*.png); names sort in class order."""
     rng = np.random.default_rng(seed)
+    names = CLASSES if num_classes == 10 else [f"c{c:03d}" for c in range(num_classes)]
     for split, n in (("train", train_per_class), ("test", test_per_class)):
-        for c, name in enumerate(CLASSES):
+        for c, name in enumerate(names):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
