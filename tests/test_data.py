@@ -94,7 +94,7 @@ def test_offline_torchvision_source_points_at_a_local_copy(tmp_path, monkeypatch
     def offline(*args, **kwargs):
         raise OSError("no route to host")
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
-    with pytest.raises(CemError, match="could not download CIFAR-10.*local copy"):
+    with pytest.raises(CemError, match="could not download cifar10 with torchvision.*local copy"):
         data.read_source("torchvision", tmp_path)
 
 

@@ -74,3 +74,24 @@ def test_params_yaml_is_the_cpu_profile_and_agrees_with_the_schema_defaults():
 def test_the_check_script_runs():
     out = subprocess.run([sys.executable, "scripts/dvc_deps.py"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and "match the import closures" in out.stdout
+
+
+@pytest.mark.parametrize("profile", ["cpu", "smoke", "gpu", "paper"])
+def test_every_param_a_stage_declares_is_written_by_each_profile(tmp_path, profile):
+    """DVC refuses a stage whose declared param is missing from params.yaml ("Parameters 'data.name' are
+    missing"): every key dvc.yaml names must be in the file `cem profile` writes, for every profile."""
+    import yaml
+
+    from tests.conftest import cem
+    out = tmp_path / "params.yaml"
+    cem("profile", profile, "--params", str(out), "--profiles-dir", str(ROOT / "profiles"),
+        "--throughput", str(tmp_path / "none.json"))
+    written = yaml.safe_load(out.read_text())
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    keys = [k for st in spec["stages"].values() for k in (st.get("do") or st).get("params", [])]
+    for key in keys:
+        key = key.replace("${key}", "ta").strip('"')
+        node = written
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"{profile}: dvc.yaml declares {key}, params.yaml lacks it"
+            node = node[part]
