@@ -91,7 +91,7 @@ def ascend(x0: torch.Tensor, objective: Objective, threat, steps: int, step_size
            random_start: bool = False, noise_std: float = 0.0, generator: Optional[torch.Generator] = None,
            anchor: Optional[torch.Tensor] = None, return_best: bool = False,
            on_step: Optional[Callable[[int, torch.Tensor], None]] = None,
-           init: Optional[torch.Tensor] = None) -> torch.Tensor:
+           init: Optional[torch.Tensor] = None, momentum: float = 0.0) -> torch.Tensor:
     """Projected gradient ascent of a per-sample objective J (shape [B]):
 
         d = ∇ₓ J(x);  x ← x + step(d) (+ σ·ξ);  x ← anchor + project(x − anchor);  x ← clamp(x, 0, 1)
@@ -100,6 +100,8 @@ def ascend(x0: torch.Tensor, objective: Objective, threat, steps: int, step_size
     highest J per sample is returned instead of the last one. `on_step(t, J)` sees J before step t.
     `init` is the first iterate when the caller drew it (e.g. `random_init` on a whole global batch
     of which this process holds some rows); otherwise x0, or a random point of the ball.
+    `momentum` μ > 0 makes the step heavy-ball on the normalised gradient step: v ← μ·v + step(d),
+    x ← x + v (WEAT's SGLD with momentum); μ = 0 is the plain step above, computed exactly as before.
     """
     anchor = x0.detach() if anchor is None else anchor.detach()
     if init is not None:
@@ -108,7 +110,7 @@ def ascend(x0: torch.Tensor, objective: Objective, threat, steps: int, step_size
         x = random_init(threat, anchor, generator)
     else:
         x = x0.detach().clone()
-    best = best_val = None
+    best = best_val = velocity = None
     for t in range(steps + (1 if return_best else 0)):
         x.requires_grad_(True)
         values = objective(x)
@@ -126,7 +128,12 @@ def ascend(x0: torch.Tensor, objective: Objective, threat, steps: int, step_size
             on_step(t, values.detach())
         grad, = torch.autograd.grad(values.sum(), x)
         with torch.no_grad():
-            x = x.detach() + threat.step(grad, step_size)
+            if momentum > 0:
+                step = threat.step(grad, step_size)
+                velocity = step if velocity is None else momentum * velocity + step
+                x = x.detach() + velocity
+            else:
+                x = x.detach() + threat.step(grad, step_size)
             if noise_std > 0:
                 x += noise_std * torch.randn(x.shape, generator=generator, dtype=x.dtype,
                                              device=draw_device(generator, x)).to(x.device)

@@ -249,6 +249,7 @@ KNOB_FIELDS: dict[str, tuple] = {  # every sampler knob: (type, constraints); No
     "step_size": (Optional[float], Field(default=None, gt=0)),
     "eps": (Optional[float], Field(default=None, gt=0)),
     "noise_std": (Optional[float], Field(default=None, ge=0)),
+    "momentum": (Optional[float], Field(default=None, ge=0, lt=1)),
     "seed": (Optional[int], None),
     "lam": (Optional[float], None),
     "beta": (Optional[float], None),
@@ -283,6 +284,7 @@ class ResolvedSamplerParams(Strict):
     step_size: float = Field(gt=0)
     eps: float = Field(gt=0)
     noise_std: float = Field(ge=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
     lam: float
     beta: float
     bank_size: int = Field(gt=0)
@@ -294,7 +296,7 @@ class ResolvedSamplerParams(Strict):
 
 def _default_sampler_section():
     return SamplerDefaults(n=500, batch_size=250, shard_size=250, steps=60, step_size=0.5, eps=30.0,
-                           noise_std=0.0, seed=0)
+                           noise_std=0.0, momentum=0.0, seed=0)
 
 
 class ControlParams(Strict):

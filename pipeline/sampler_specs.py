@@ -39,7 +39,7 @@ class SamplerSpec:
         return "return_best" in self.knobs
 
 
-COMMON_KNOBS = ("n", "batch_size", "shard_size", "steps", "step_size", "eps", "noise_std", "seed")
+COMMON_KNOBS = ("n", "batch_size", "shard_size", "steps", "step_size", "eps", "noise_std", "momentum", "seed")
 """What every sampler reads: `sample.defaults` holds them, a sampler's section may override them."""
 CONTRASTIVE_KNOBS = {"bank_size": 1000, "tau": 0.5}
 """The bank B (M training images) and the temperature τ of f(x, b) = ĝ(x)·ĝ(b)/τ (docs/science.md §4)."""

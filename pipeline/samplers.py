@@ -223,7 +223,7 @@ def generate_batch(sampler: Sampler, ctx: SamplingContext, seeds: dict, start: i
     with frozen(ctx.model), autocast(device, amp):
         x = ascend(x0, objective, L2(rp.eps), rp.steps if steps is None else steps, rp.step_size,
                    noise_std=rp.noise_std, generator=gen,
-                   return_best=rp.return_best, on_step=on_step)
+                   return_best=rp.return_best, on_step=on_step, momentum=rp.momentum)
     labels = cond if cond is not None else torch.full((count,), -1, dtype=torch.int64)
     return x0.cpu(), x.cpu(), labels
 

@@ -73,7 +73,10 @@ def config_hash(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir
                 channels_last: bool = False) -> str:
     """What the shards' bytes depend on: params, model, seeds, and the arithmetic (bf16, memory format)."""
     h = hashlib.sha256()
-    h.update(json.dumps({"sampler": name, **rp.model_dump(), **({"amp": "bf16"} if amp else {}),
+    params = rp.model_dump()
+    if params["momentum"] == 0.0:  # the plain step: the hash (and the shards) of runs before momentum existed
+        del params["momentum"]
+    h.update(json.dumps({"sampler": name, **params, **({"amp": "bf16"} if amp else {}),
                          **({"memory_format": "channels_last"} if channels_last else {})},
                         sort_keys=True).encode())
     h.update(sha256_file(model_path).encode())

@@ -113,3 +113,40 @@ def test_autoattack_runs_on_a_channels_last_network(trained):
     acc = autoattack_accuracy(model, ds.test.images[:10], ds.test.labels[:10], EvalAttackParams(norm="l2", eps=0.3),
                               10, torch.device("cpu"), 10)
     assert 0 <= acc <= 100
+
+
+def test_momentum_zero_is_the_plain_step_and_momentum_moves_further():
+    """Issue 22: heavy-ball momentum on the one ascent engine. μ = 0 computes exactly the plain step (the
+    default: every existing shard stays the same bytes); μ > 0 accumulates the normalised steps."""
+    from pipeline.attacks import L2, ascend
+    torch.manual_seed(0)
+    w = torch.randn(3 * 8 * 8)
+    objective = lambda x: (x.flatten(1) * w).sum(1)  # noqa: E731  a linear J: its gradient never changes
+    x0 = torch.rand(4, 3, 8, 8) * 0.1 + 0.45
+    plain = ascend(x0, objective, L2(100.0), 5, 0.01)
+    assert torch.equal(ascend(x0, objective, L2(100.0), 5, 0.01, momentum=0.0), plain)
+    fast = ascend(x0, objective, L2(100.0), 5, 0.01, momentum=0.5)
+    # a constant direction: 5 plain steps move 5·0.01; with μ = 0.5 the velocities sum 1+1.5+1.75+1.875+1.9375
+    moved = lambda x: (x - x0).flatten(1).norm(dim=1)  # noqa: E731
+    assert torch.allclose(moved(plain), torch.full((4,), 0.05), atol=1e-4)
+    assert torch.allclose(moved(fast), torch.full((4,), 0.080625), atol=1e-4)
+
+
+def test_momentum_zero_keeps_the_config_hash_of_earlier_runs(trained):
+    import hashlib
+    import json
+
+    from pipeline import sampling
+    from pipeline.params import parse_params
+    tmp, raw = trained
+    p = parse_params(raw)
+    model, data_dir = tmp / "sup" / "model.pt", str(tmp / "data")
+    rp = p.sample.resolved("cs")
+    old = {k: v for k, v in rp.model_dump().items() if k != "momentum"}  # the record before momentum existed
+    h = hashlib.sha256()
+    h.update(json.dumps({"sampler": "cs", **old}, sort_keys=True).encode())
+    h.update(sampling.sha256_file(model).encode())
+    h.update(sampling.sha256_file(tmp / "data" / "seeds.pt").encode())
+    assert sampling.config_hash("cs", rp, model, data_dir) == h.hexdigest()[:16]
+    moved = rp.model_copy(update={"momentum": 0.5})
+    assert sampling.config_hash("cs", moved, model, data_dir) != sampling.config_hash("cs", rp, model, data_dir)
