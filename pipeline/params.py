@@ -20,6 +20,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_mode
 from .errors import ParamsError
 from .datasets import require_dataset
 from .sampler_specs import COMMON_KNOBS, SPECS, require_sampler
+from .seed_families import FAMILIES as SEED_FAMILIES, KNOBS as SEED_KNOBS
 
 NonNeg = Field(ge=0)
 
@@ -250,6 +251,9 @@ KNOB_FIELDS: dict[str, tuple] = {  # every sampler knob: (type, constraints); No
     "eps": (Optional[float], Field(default=None, gt=0)),
     "noise_std": (Optional[float], Field(default=None, ge=0)),
     "momentum": (Optional[float], Field(default=None, ge=0, lt=1)),
+    "seeds": (Optional[Literal[tuple(SEED_FAMILIES)]], None),  # a registered seed family
+    "pca_variance": (Optional[float], Field(default=None, gt=0, le=1)),
+    "jitter_std": (Optional[float], Field(default=None, ge=0)),
     "seed": (Optional[int], None),
     "lam": (Optional[float], None),
     "beta": (Optional[float], None),
@@ -285,6 +289,9 @@ class ResolvedSamplerParams(Strict):
     eps: float = Field(gt=0)
     noise_std: float = Field(ge=0)
     momentum: float = Field(default=0.0, ge=0, lt=1)
+    seeds: str = "gaussian"
+    pca_variance: float = Field(default=SEED_KNOBS["pca_variance"], gt=0, le=1)
+    jitter_std: float = Field(default=SEED_KNOBS["jitter_std"], ge=0)
     lam: float
     beta: float
     bank_size: int = Field(gt=0)
@@ -293,10 +300,24 @@ class ResolvedSamplerParams(Strict):
     return_best: bool
     seed: int
 
+    @field_validator("seeds")
+    @classmethod
+    def _registered_seed_family(cls, value):
+        if value not in SEED_FAMILIES:
+            raise ValueError(f"unknown seed family '{value}'; choose one of {', '.join(SEED_FAMILIES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _real_images_need_classes(self):
+        if self.condition == "kmeans" and SEED_FAMILIES[self.seeds].needs_training_images:
+            raise ValueError(f"seeds '{self.seeds}' draws real images of a class, and condition 'kmeans' "
+                             "has no classes of images: use condition 'labels' or another seed family")
+        return self
+
 
 def _default_sampler_section():
     return SamplerDefaults(n=500, batch_size=250, shard_size=250, steps=60, step_size=0.5, eps=30.0,
-                           noise_std=0.0, momentum=0.0, seed=0)
+                           noise_std=0.0, momentum=0.0, seeds="gaussian", **SEED_KNOBS, seed=0)
 
 
 class ControlParams(Strict):

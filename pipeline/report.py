@@ -249,7 +249,9 @@ def write_report(score_dir: Path, sample_dir: Path, model_metrics: dict[str, Pat
 
     def paper(sp) -> str:
         """The paper's IS | FID cells: its CIFAR-10 numbers, only when this run is on CIFAR-10."""
-        return f"{sp.paper_is} | {sp.paper_fid}" if dataset.paper_numbers else "– | –"
+        if not dataset.paper_numbers or sp.paper_is is None:  # another dataset, or a row beyond the paper
+            return "– | –"
+        return f"{sp.paper_is} | {sp.paper_fid}"
     scores = load_scores(score_dir)
     out = Path(out)
     folder = out.parent

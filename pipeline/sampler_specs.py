@@ -21,7 +21,7 @@ class SamplerSpec:
     conditional: bool
     formula: str               # J(x) ascended
     method: str                # the paper's row label
-    paper_is: Optional[float]  # Wang et al. 2022, CIFAR-10, 50k samples, Inception IS / FID
+    paper_is: Optional[float]  # Wang et al. 2022, CIFAR-10, 50k samples, Inception IS / FID; None: not in the paper
     paper_fid: Optional[float]
     defaults: dict = field(default_factory=dict)
     """This sampler's values of common knobs that differ from `sample.defaults` (a reading of docs/science.md)."""
@@ -39,8 +39,10 @@ class SamplerSpec:
         return "return_best" in self.knobs
 
 
-COMMON_KNOBS = ("n", "batch_size", "shard_size", "steps", "step_size", "eps", "noise_std", "momentum", "seed")
-"""What every sampler reads: `sample.defaults` holds them, a sampler's section may override them."""
+COMMON_KNOBS = ("n", "batch_size", "shard_size", "steps", "step_size", "eps", "noise_std", "momentum", "seeds",
+                "pca_variance", "jitter_std", "seed")
+"""What every sampler reads: `sample.defaults` holds them, a sampler's section may override them. `seeds` names
+a seed family (pipeline/seed_families.py); `pca_variance` and `jitter_std` are read by the family they belong to."""
 CONTRASTIVE_KNOBS = {"bank_size": 1000, "tau": 0.5}
 """The bank B (M training images) and the temperature τ of f(x, b) = ĝ(x)·ĝ(b)/τ (docs/science.md §4)."""
 
@@ -74,3 +76,11 @@ spec("pgd_cond", "contrastive", True, "log Σ_{b∈B_c} exp f(x,b)", "PGD", 5.85
      knobs={**CONTRASTIVE_KNOBS, "condition": "labels"})
 spec("maxent_cond", "contrastive", True, "log Σ_{b∈B_c} exp f(x,b) − β·log Σ_{k≠i} exp f(xᵢ,x_k)", "MaxEnt",
      8.68, 36.44, knobs={"beta": 1.0, **CONTRASTIVE_KNOBS, "condition": "labels"})
+# Beyond the paper (docs/science.md §4): its best samplers of each kind, started from PCA seeds and stepped with
+# heavy-ball momentum (WEAT's two sampler-side changes). Extra rows, with their controls; no paper numbers.
+BEYOND_PAPER = {"seeds": "pca", "momentum": 0.5}
+spec("rcs_pca_momentum", "classifier", True, "f(x,y) + λ·log p(y|x)", "RCS + PCA seeds + momentum (ours)", None, None,
+     defaults=dict(BEYOND_PAPER), knobs={"lam": 1.0})
+spec("maxent_pca_momentum", "contrastive", True, "log Σ_{b∈B_c} exp f(x,b) − β·log Σ_{k≠i} exp f(xᵢ,x_k)",
+     "MaxEnt + PCA seeds + momentum (ours)", None, None, defaults=dict(BEYOND_PAPER),
+     knobs={"beta": 1.0, **CONTRASTIVE_KNOBS, "condition": "labels"})

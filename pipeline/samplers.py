@@ -1,6 +1,7 @@
 """Adversarial samplers (docs/science.md §4), registered by name.
 
-A sampler = a seed distribution (class-conditional or unconditional Gaussian) + an objective
+A sampler = a seed family (pipeline/seed_families.py; by default the class-conditional or
+unconditional Gaussian) + an objective
 J(x) to ascend + a step rule + optional noise + a projection. All of them run on the one engine,
 `attacks.ascend`, with an L2 ball of radius ε around the seed and normalised-gradient steps.
 To add a sampler: one `spec(...)` line in `sampler_specs` (name, model, defaults, paper numbers)
@@ -29,10 +30,11 @@ from torch import nn
 from .attacks import L2, ascend, frozen
 from .rng import generator
 from .runtime import autocast
-from .data import draw_seeds, gaussian_factor
+from .data import gaussian_factor
 from .energies import conditional_energy, log_posterior, pair_energy
 from .params import ResolvedSamplerParams
 from .sampler_specs import SPECS, SamplerSpec
+from .seed_families import seed_family
 
 
 @dataclass
@@ -145,6 +147,12 @@ def _maxent_cond(ctx, c):
     return _maxent(ctx, c)
 
 
+# ----------------------------------------------------------------------------- beyond the paper
+# The same objectives; what differs (PCA seeds, momentum) is in their registry entries' defaults.
+objective("rcs_pca_momentum")(_rcs)
+objective("maxent_pca_momentum")(_maxent_cond)
+
+
 # ----------------------------------------------------------------------------- banks and conditions
 @torch.no_grad()
 def embed_all(model, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
@@ -216,7 +224,7 @@ def generate_batch(sampler: Sampler, ctx: SamplingContext, seeds: dict, start: i
     gen = batch_generator(rp.seed, batch_index, device)
     cond = batch_conditions(sampler, start, count, ctx.num_classes)
     c_dev = cond.to(device) if cond is not None else None
-    x0 = draw_seeds(seeds, count, gen, cond)  # groups formed from the host's copy of the conditions
+    x0 = seed_family(rp.seeds).draw(seeds, count, gen, cond)  # groups formed from the host's copy of the conditions
     if ctx.channels_last:
         x0 = x0.contiguous(memory_format=torch.channels_last)
     objective = sampler.objective(ctx, c_dev)
@@ -228,11 +236,15 @@ def generate_batch(sampler: Sampler, ctx: SamplingContext, seeds: dict, start: i
     return x0.cpu(), x.cpu(), labels
 
 
-def seeds_on(seeds: dict, device) -> dict:
-    """The seed statistics (means, covariance factors) on `device`, where the seeds are drawn."""
-    def move(g):
-        return {**g, "mean": g["mean"].to(device), "factor": g["factor"].to(device)}
-    return {**seeds, "all": move(seeds["all"]), "classes": [move(g) for g in seeds["classes"]]}
+def seeds_on(seeds, device):
+    """A seed family's state (means, covariance factors, image pools) on `device`, where seeds are drawn."""
+    if isinstance(seeds, torch.Tensor):
+        return seeds.to(device)
+    if isinstance(seeds, dict):
+        return {k: seeds_on(v, device) for k, v in seeds.items()}
+    if isinstance(seeds, list):
+        return [seeds_on(v, device) for v in seeds]
+    return seeds
 
 
 _missing = set(SPECS) - set(SAMPLERS)

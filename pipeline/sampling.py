@@ -28,6 +28,7 @@ from .files import read_json_file
 from .sample_files import (CONTROLS_FILE, IMAGE_SHAPE, load_sample_file, load_shards, provenance, shard_expectation,
                            shard_paths, shard_problem)
 from .sampler_specs import require_sampler
+from .seed_families import hashed_knobs, seed_family
 from .samplers import SAMPLERS, SamplingContext, build_bank, generate_batch, seeds_on, to_uint8
 
 
@@ -59,11 +60,13 @@ def prepare_context(name: str, rp: ResolvedSamplerParams, model_path: Path, data
         raise CemError(f"{model_path} has {num_classes} classes but the prepared data in {data_dir} has "
                        f"{len(seeds['classes'])}: retrain the model on this data (dvc repro does) or prepare its data")
     ctx = SamplingContext(model, rp, num_classes, channels_last=channels_last)
+    family = seed_family(rp.seeds)
+    ds = load_dataset(data_dir) if sampler.model_kind == "contrastive" or family.needs_training_images else None
     if sampler.model_kind == "contrastive":
-        ds = load_dataset(data_dir)
         bank_z, bank_cond, seeds = build_bank(model, ds.train.images, ds.train.labels, rp, num_classes,
                                               float(seeds["ridge"]), seeds)
         ctx.bank_z, ctx.bank_cond = bank_z.to(device), bank_cond.to(device)
+    seeds = family.prepare(seeds, rp, *((ds.train.images, ds.train.labels) if ds is not None else (None, None)))
     if runtime is not None:
         ctx.model = maybe_compile(model, runtime)
     return sampler, ctx, seeds_on(seeds, device), blob
@@ -76,6 +79,7 @@ def config_hash(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir
     params = rp.model_dump()
     if params["momentum"] == 0.0:  # the plain step: the hash (and the shards) of runs before momentum existed
         del params["momentum"]
+    params.update(hashed_knobs(params))  # nothing for the Gaussian seeds (the hash of runs before seed families)
     h.update(json.dumps({"sampler": name, **params, **({"amp": "bf16"} if amp else {}),
                          **({"memory_format": "channels_last"} if channels_last else {})},
                         sort_keys=True).encode())

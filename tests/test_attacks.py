@@ -132,7 +132,7 @@ def test_momentum_zero_is_the_plain_step_and_momentum_moves_further():
     assert torch.allclose(moved(fast), torch.full((4,), 0.080625), atol=1e-4)
 
 
-def test_momentum_zero_keeps_the_config_hash_of_earlier_runs(trained):
+def test_momentum_zero_and_gaussian_seeds_keep_the_config_hash_of_earlier_runs(trained):
     import hashlib
     import json
 
@@ -142,7 +142,8 @@ def test_momentum_zero_keeps_the_config_hash_of_earlier_runs(trained):
     p = parse_params(raw)
     model, data_dir = tmp / "sup" / "model.pt", str(tmp / "data")
     rp = p.sample.resolved("cs")
-    old = {k: v for k, v in rp.model_dump().items() if k != "momentum"}  # the record before momentum existed
+    later = ("momentum", "seeds", "pca_variance", "jitter_std")  # knobs added after the first shards were made
+    old = {k: v for k, v in rp.model_dump().items() if k not in later}  # the record before they existed
     h = hashlib.sha256()
     h.update(json.dumps({"sampler": "cs", **old}, sort_keys=True).encode())
     h.update(sampling.sha256_file(model).encode())
@@ -150,3 +151,12 @@ def test_momentum_zero_keeps_the_config_hash_of_earlier_runs(trained):
     assert sampling.config_hash("cs", rp, model, data_dir) == h.hexdigest()[:16]
     moved = rp.model_copy(update={"momentum": 0.5})
     assert sampling.config_hash("cs", moved, model, data_dir) != sampling.config_hash("cs", rp, model, data_dir)
+    pca = rp.model_copy(update={"seeds": "pca"})
+    assert sampling.config_hash("cs", pca, model, data_dir) != sampling.config_hash("cs", rp, model, data_dir)
+    assert sampling.config_hash("cs", pca.model_copy(update={"pca_variance": 0.5}), model, data_dir) != \
+        sampling.config_hash("cs", pca, model, data_dir)
+    # a family's knob is in the hash only when that family is picked (it changes nothing otherwise)
+    assert sampling.config_hash("cs", rp.model_copy(update={"pca_variance": 0.5}), model, data_dir) == \
+        sampling.config_hash("cs", rp, model, data_dir)
+    assert sampling.config_hash("cs", pca.model_copy(update={"jitter_std": 0.5}), model, data_dir) == \
+        sampling.config_hash("cs", pca, model, data_dir)

@@ -13,6 +13,7 @@ from pipeline.sampling import load_shards, prepare_context, run_sampling
 from tests.conftest import cem, write_params
 
 NAMES = ["ta", "langevin", "cs", "rcs", "pgd_uncond", "pgd_cond", "maxent_uncond", "maxent_cond"]
+BEYOND = ["rcs_pca_momentum", "maxent_pca_momentum"]  # extra rows (PCA seeds + momentum); the DAG tests run their stages
 
 
 def _ctx(trained, name, **over):
@@ -26,10 +27,14 @@ def _ctx(trained, name, **over):
     return p, rp, prepare_context(name, rp, tmp / folder / "model.pt", str(tmp / "data"), torch.device("cpu"))
 
 
-def test_registry_has_the_papers_eight_samplers():
-    assert sorted(SAMPLERS) == sorted(NAMES)
-    assert {n for n, s in SAMPLERS.items() if s.model_kind == "classifier"} == {"ta", "langevin", "cs", "rcs"}
+def test_registry_has_the_papers_eight_samplers_and_two_beyond():
+    assert sorted(SAMPLERS) == sorted(NAMES + BEYOND)
+    assert {n for n, s in SAMPLERS.items() if s.model_kind == "classifier"} == {"ta", "langevin", "cs", "rcs",
+                                                                               "rcs_pca_momentum"}
     assert {n for n, s in SAMPLERS.items() if not s.conditional} == {"pgd_uncond", "maxent_uncond"}
+    assert all(SAMPLERS[n].spec.paper_fid is not None for n in NAMES)
+    assert all(SAMPLERS[n].spec.paper_fid is None and SAMPLERS[n].spec.defaults["seeds"] == "pca"
+               and SAMPLERS[n].spec.defaults["momentum"] > 0 for n in BEYOND)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -53,7 +58,7 @@ def test_stage_outputs_shapes_dtype_and_range(trained, tmp_path, name):
     assert meta["n"] == 20 and meta["samples_per_second"] > 0 and meta["mlflow_run_id"]
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + BEYOND)
 def test_same_params_give_identical_bytes(trained, tmp_path, name):
     tmp, _ = trained
     _, rp, _ = _ctx(trained, name)
