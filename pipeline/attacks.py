@@ -91,7 +91,8 @@ def ascend(x0: torch.Tensor, objective: Objective, threat, steps: int, step_size
            random_start: bool = False, noise_std: float = 0.0, generator: Optional[torch.Generator] = None,
            anchor: Optional[torch.Tensor] = None, return_best: bool = False,
            on_step: Optional[Callable[[int, torch.Tensor], None]] = None,
-           init: Optional[torch.Tensor] = None, momentum: float = 0.0) -> torch.Tensor:
+           init: Optional[torch.Tensor] = None, momentum: float = 0.0,
+           on_iterate: Optional[Callable[[int, torch.Tensor], None]] = None) -> torch.Tensor:
     """Projected gradient ascent of a per-sample objective J (shape [B]):
 
         d = ∇ₓ J(x);  x ← x + step(d) (+ σ·ξ);  x ← anchor + project(x − anchor);  x ← clamp(x, 0, 1)
@@ -102,6 +103,8 @@ def ascend(x0: torch.Tensor, objective: Objective, threat, steps: int, step_size
     of which this process holds some rows); otherwise x0, or a random point of the ball.
     `momentum` μ > 0 makes the step heavy-ball on the normalised gradient step: v ← μ·v + step(d),
     x ← x + v (WEAT's SGLD with momentum); μ = 0 is the plain step above, computed exactly as before.
+    `on_iterate(t, x)` sees the iterate after t steps (t = 0 … steps): the iterate after t steps is the
+    same tensor a run of t steps returns, so one chain serves every shorter step count (tuning).
     """
     anchor = x0.detach() if anchor is None else anchor.detach()
     if init is not None:
@@ -126,6 +129,8 @@ def ascend(x0: torch.Tensor, objective: Objective, threat, steps: int, step_size
                 break
         if on_step is not None:
             on_step(t, values.detach())
+        if on_iterate is not None:
+            on_iterate(t, x.detach())
         grad, = torch.autograd.grad(values.sum(), x)
         with torch.no_grad():
             if momentum > 0:
@@ -138,6 +143,8 @@ def ascend(x0: torch.Tensor, objective: Objective, threat, steps: int, step_size
                 x += noise_std * torch.randn(x.shape, generator=generator, dtype=x.dtype,
                                              device=draw_device(generator, x)).to(x.device)
             x = (anchor + threat.project(x - anchor)).clamp_(0, 1)
+    if on_iterate is not None and not return_best:
+        on_iterate(steps, x.detach())
     return best if return_best else x.detach()
 
 

@@ -392,6 +392,39 @@ class ScoreParams(Strict):
     seed: int = 0
 
 
+class TuneParams(Strict):
+    """`cem tune NAME` (docs/science.md §4): score a sampler's step counts — and optionally step sizes and
+    momenta — against held-out real images (the prepared test split, never the reference set)."""
+    out_dir: str = "tune"
+    n: int = Field(default=250, gt=1, le=MAX_SAMPLES)
+    """Samples per setting (whole batches of the sampler's batch_size)."""
+    steps: list[int] = Field(default_factory=lambda: [0, 10, 20, 40, 60, 80], min_length=1)
+    """Step counts scored: one chain per setting, its iterate after each of these counts."""
+    step_size: list[float] = Field(default_factory=list)
+    """Step sizes to try ([]: the sampler's own)."""
+    momentum: list[float] = Field(default_factory=list)
+    """Momenta to try ([]: the sampler's own)."""
+    heldout_per_class: Optional[int] = Field(default=None, gt=0)
+    """Held-out real images per class (a stratified subset of the test split; None: all of it)."""
+    seed: int = Field(default=1, ge=0, lt=1000)
+    """Seeds the tuning chains (not the sampler's own seed: tuning never draws the reported samples)."""
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_sorted_and_non_negative(cls, value):
+        if any(s < 0 for s in value) or sorted(set(value)) != value:
+            raise ValueError("must be distinct step counts ≥ 0 in increasing order")
+        return value
+
+    @field_validator("step_size", "momentum")
+    @classmethod
+    def _in_range(cls, value, info):
+        bad = [v for v in value if not (0 < v if info.field_name == "step_size" else 0 <= v < 1)]
+        if bad:
+            raise ValueError(f"{bad[0]} is out of range ({'> 0' if info.field_name == 'step_size' else '0 ≤ μ < 1'})")
+        return value
+
+
 class ReportParams(Strict):
     out: str = "reports/results.md"
 
@@ -407,6 +440,7 @@ class Params(Strict):
     train_unsup: UnsupervisedParams = Field(default_factory=UnsupervisedParams)
     sample: SampleParams = Field(default_factory=SampleParams)
     score: ScoreParams = Field(default_factory=ScoreParams)
+    tune: TuneParams = Field(default_factory=TuneParams)
     report: ReportParams = Field(default_factory=ReportParams)
 
     @model_validator(mode="after")

@@ -214,7 +214,7 @@ def batch_conditions(sampler: Sampler, start: int, count: int, num_classes: int)
 
 def generate_batch(sampler: Sampler, ctx: SamplingContext, seeds: dict, start: int, count: int,
                    batch_index: int, steps: Optional[int] = None, device=None,
-                   on_step=None, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   on_step=None, amp: bool = False, on_iterate=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch: (seed images, final images, conditions or −1), images in [0,1] on the CPU.
 
     The seeds and the sampler's noise are drawn on `device` (a generator there, the seed statistics
@@ -231,7 +231,7 @@ def generate_batch(sampler: Sampler, ctx: SamplingContext, seeds: dict, start: i
     with frozen(ctx.model), autocast(device, amp):
         x = ascend(x0, objective, L2(rp.eps), rp.steps if steps is None else steps, rp.step_size,
                    noise_std=rp.noise_std, generator=gen,
-                   return_best=rp.return_best, on_step=on_step, momentum=rp.momentum)
+                   return_best=rp.return_best, on_step=on_step, momentum=rp.momentum, on_iterate=on_iterate)
     labels = cond if cond is not None else torch.full((count,), -1, dtype=torch.int64)
     return x0.cpu(), x.cpu(), labels
 

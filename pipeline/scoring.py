@@ -504,6 +504,7 @@ class ScoreInputs:
     judge: "Judge"
     refs: list  # [(space, ReferenceStats)] for every enabled space
     meta: dict
+    config: dict  # the sample folder's config.json: the settings the samples were made with
 
 
 def score_inputs(name: str, p) -> ScoreInputs:
@@ -517,7 +518,8 @@ def score_inputs(name: str, p) -> ScoreInputs:
     refs = [(space, read_reference_stats(Path(p.score.reference_dir) / f"{space.name}.npz", space, ident))
             for space in enabled]
     return ScoreInputs(name, images, labels, controls, ref_images, ref_labels, judge, refs,
-                       read_json_file(folder / "meta.json", "sample meta"))
+                       read_json_file(folder / "meta.json", "sample meta"),
+                       read_json_file(folder / "config.json", "sample config"))
 
 
 def score_samples(inputs: ScoreInputs, p, device: torch.device, run=None) -> dict:
@@ -532,6 +534,8 @@ def score_samples(inputs: ScoreInputs, p, device: torch.device, run=None) -> dic
     out: dict = {"sampler": name, "n": len(images), "reference_images": len(ref_images),
                  "controls": {"n": len(controls["labels"]), "steps": controls["steps"]}}
     out.update({"judge_sha256": judge.sha256, "judge_run_id": judge.run_id})
+    out["sampler_config"] = {k: v for k, v in inputs.config.items()  # the settings the report states
+                             if k in ("steps", "step_size", "momentum", "seeds", "pca_variance", "noise_std", "eps")}
     for space, ref in inputs.refs:
         for row, (imgs, labs) in rows.items():
             feats = extract(space, imgs, sp.batch_size, device, f"score {name} {row}")

@@ -14,7 +14,7 @@ os.environ["DO_NOT_TRACK"] = "1"
 
 import typer  # noqa: E402
 
-from . import check_inception, prepare, profile, reference_stats, report, sample, score, train  # noqa: E402
+from . import check_inception, prepare, profile, reference_stats, report, sample, score, train, tune  # noqa: E402
 
 app = typer.Typer(
     name="cem",
@@ -28,6 +28,7 @@ app.add_typer(train.app, name="train")
 app.command("sample")(sample.sample)
 app.command("reference-stats")(reference_stats.reference_stats)
 app.command("score")(score.score)
+app.command("tune")(tune.tune)
 app.command("check-inception")(check_inception.check_inception)
 app.command("report")(report.report)
 app.command("profile")(profile.profile)

@@ -22,7 +22,7 @@ def report(params: ParamsPath = Path("params.yaml"), overrides: Overrides = None
                             "unsupervised AT encoder + linear probe (sampled)": Path(p.metrics_dir) / "train_unsup.json",
                             "reference classifier (judge)": Path(p.metrics_dir) / "train_ref.json"},
                            Path(p.report.out), controls=read_controls(Path(p.score.reference_dir)),
-                           dataset=require_dataset(p.data.name))
+                           dataset=require_dataset(p.data.name), tune_dir=Path(p.tune.out_dir))
         run.log_artifact(out)
         controls = read_controls(Path(p.score.reference_dir)) or {"spaces": {}}
         run.set_tags({f"instrument.{k}": "passed its controls" if c["passed"] else FAILED_LINE
