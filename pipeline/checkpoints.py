@@ -83,25 +83,7 @@ def load_model_file(path: Path) -> dict:
 
 
 def build_trained_model(blob: dict):
-    """Rebuild a network from a model file's architecture record and load its weights."""
-    from .models import ContrastiveModel, build_classifier
-    from .params import ArchParams
-    if blob["arch"].get("name") == "robustbench":  # a RobustBench zoo network (model_sources)
-        from .model_sources import RobustBenchClassifier
-        model = RobustBenchClassifier(blob["arch"]["model"])
-        try:
-            model.load_state_dict(blob["state_dict"])
-        except RuntimeError as exc:
-            raise CemError(f"model weights do not fit RobustBench's {blob['arch']['model']}: "
-                           f"{str(exc).splitlines()[0]}") from None
-        return model.eval()
-    arch = ArchParams(**blob["arch"])
-    if blob["kind"] == "contrastive":
-        model = ContrastiveModel(arch, blob["proj_dim"])
-    else:
-        model = build_classifier(arch, blob["num_classes"])
-    try:
-        model.load_state_dict(blob["state_dict"])
-    except RuntimeError as exc:
-        raise CemError(f"model weights do not fit the recorded architecture: {str(exc).splitlines()[0]}") from None
-    return model.eval()
+    """Rebuild a network from a model file's architecture record and load its weights (the file's
+    model kind knows how: pipeline/model_kinds.py)."""
+    from .model_kinds import require_kind
+    return require_kind(blob["kind"], "model file").build(blob)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from .datasets import require_dataset
+from .model_kinds import MODEL_KINDS
 from .sampler_specs import SPECS
 
 LOOP_KEYS = {"optim", "runtime", "checkpoint_every", "out_dir"}
@@ -119,7 +120,7 @@ class Estimator:
 
     def sampling(self, name: str) -> tuple[str, Optional[float], str]:
         spec, rp = SPECS[name], self.p.sample.resolved(name)
-        arch = (self.p.train_sup if spec.model_kind == "classifier" else self.p.train_unsup).arch.name
+        arch = getattr(self.p, MODEL_KINDS[spec.model_kind].section).arch.name
         compile_ = self.p.sample.runtime.compile
         row = _row(self.rows, rf"^sampler ({name} )?{arch}, {rp.steps} steps", compile_, self.table_compile) or \
             _row(self.rows, rf"^sampler \w+ {arch}, {rp.steps} steps", compile_, self.table_compile)

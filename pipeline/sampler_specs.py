@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .errors import ParamsError
+from .model_kinds import MODEL_KINDS
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
     name: str
-    model_kind: str            # "classifier" (supervised AT) or "contrastive" (unsupervised AT)
+    model_kind: str            # a registered model kind (pipeline/model_kinds.py): classifier, contrastive
     conditional: bool
     formula: str               # J(x) ascended
     method: str                # the paper's row label
@@ -31,7 +32,7 @@ class SamplerSpec:
 
     @property
     def training(self) -> str:
-        return "supervised" if self.model_kind == "classifier" else "unsupervised"
+        return MODEL_KINDS[self.model_kind].training
 
     @property
     def best_iterate(self) -> bool:
@@ -59,6 +60,9 @@ def require_sampler(name: str) -> SamplerSpec:
 def spec(name: str, *args, **kwargs) -> SamplerSpec:
     if name in SPECS:
         raise ValueError(f"sampler '{name}' is registered twice")
+    kind = args[0] if args else kwargs.get("model_kind")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"sampler '{name}' samples from an unregistered model kind {kind!r}")
     SPECS[name] = SamplerSpec(name, *args, **kwargs)
     return SPECS[name]
 

@@ -27,6 +27,7 @@ from .progress import log, progress_bar
 from .files import read_json_file
 from .sample_files import (CONTROLS_FILE, IMAGE_SHAPE, load_sample_file, load_shards, provenance, shard_expectation,
                            shard_paths, shard_problem)
+from .model_kinds import MODEL_KINDS
 from .sampler_specs import require_sampler
 from .seed_families import hashed_knobs, seed_family
 from .samplers import SAMPLERS, SamplingContext, build_bank, generate_batch, seeds_on, to_uint8
@@ -36,8 +37,8 @@ def model_path_for(p, name: str) -> Path:
     """The trained model a sampler draws from: supervised AT for classifier samplers, the
     contrastive encoder for the others."""
     require_sampler(name)
-    kind = SAMPLERS[name].model_kind
-    return Path(p.train_sup.out_dir if kind == "classifier" else p.train_unsup.out_dir) / "model.pt"
+    section = MODEL_KINDS[SAMPLERS[name].model_kind].section  # the params section that trains that kind
+    return Path(getattr(p, section).out_dir) / "model.pt"
 
 
 def prepare_context(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir: str, device,
@@ -56,13 +57,14 @@ def prepare_context(name: str, rp: ResolvedSamplerParams, model_path: Path, data
         p.requires_grad_(False)
     seeds = load_seeds(data_dir)
     num_classes = blob["num_classes"]
-    if sampler.conditional and sampler.model_kind == "classifier" and num_classes != len(seeds["classes"]):
+    kind = MODEL_KINDS[sampler.model_kind]
+    if sampler.conditional and not kind.sampling_bank and num_classes != len(seeds["classes"]):
         raise CemError(f"{model_path} has {num_classes} classes but the prepared data in {data_dir} has "
                        f"{len(seeds['classes'])}: retrain the model on this data (dvc repro does) or prepare its data")
     ctx = SamplingContext(model, rp, num_classes, channels_last=channels_last)
     family = seed_family(rp.seeds)
-    ds = load_dataset(data_dir) if sampler.model_kind == "contrastive" or family.needs_training_images else None
-    if sampler.model_kind == "contrastive":
+    ds = load_dataset(data_dir) if kind.sampling_bank or family.needs_training_images else None
+    if kind.sampling_bank:
         bank_z, bank_cond, seeds = build_bank(model, ds.train.images, ds.train.labels, rp, num_classes,
                                               float(seeds["ridge"]), seeds)
         ctx.bank_z, ctx.bank_cond = bank_z.to(device), bank_cond.to(device)

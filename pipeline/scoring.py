@@ -119,7 +119,8 @@ class Judge:
 
     def __init__(self, model_path: Path):
         blob = load_model_file(model_path)
-        if blob["kind"] != "classifier":
+        from .model_kinds import require_kind
+        if not require_kind(blob["kind"], str(model_path)).can_judge:
             raise CemError(f"the judge {model_path} must be a classifier, not a {blob['kind']} model")
         self.sha256 = sha256_file(model_path)
         self.name = f"cem-judge-{self.sha256[:12]}"

@@ -306,7 +306,8 @@ def _train(p, recipe, stage: str, section: str, data: Dataset, device, run, resu
         blob["temperature"] = extra["temperature"] = calibrate_temperature(
             recipe.model, data.train.images[idx], data.train.labels[idx], device)
         log(f"{stage}: softmax temperature {blob['temperature']:.3f} (NLL-calibrated on {len(idx)} training images)")
-    if recipe.kind == "contrastive":  # the curves plot the linear probe's accuracies
+    from .model_kinds import MODEL_KINDS
+    if MODEL_KINDS[recipe.kind].probe_curves:  # the curves plot the linear probe's accuracies
         spec.history = [{**h, "clean_acc": h.get("probe_clean_acc", h.get("clean_acc")),
                          "robust_acc": h.get("probe_robust_acc", h.get("robust_acc"))} for h in spec.history]
     return write_outputs(spec, result, blob, run, extra)

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from .errors import CemError
-from .progress import log, progress_bar
+from .progress import progress_bar
 
 RULE = ("the fewest steps (then the smallest step size and momentum) whose held-out FID is within one combined "
         "bootstrap sd of the lowest")

@@ -1,5 +1,6 @@
 """The dataset registry (pipeline/datasets.py): every stage reads a dataset's facts from its entry;
 CIFAR-100 and SVHN run the whole smoke DAG on synthetic data of their shape (100 and 10 classes)."""
+import json
 import os
 import re
 import shutil
@@ -91,3 +92,5 @@ def test_smoke_dag_runs_end_to_end_on_another_dataset(tmp_path, name):
     report = (repo / "reports" / "results.md").read_text()
     assert f"Dataset: **{name}** ({spec.num_classes} classes)" in report
     assert not re.search(r"\| 9\.80 \| 55\.91 \|", report)  # no CIFAR-10 paper numbers beside another dataset
+    assert "## Settings and how they were chosen" in report and "held-out tuning" in report  # tune@ ran in the DAG
+    assert json.loads((repo / "tune" / "rcs_pca_momentum.json").read_text())["chosen"]["steps"] in (0, 2, 4)

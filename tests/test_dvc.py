@@ -30,11 +30,12 @@ def test_an_edit_reruns_exactly_the_stages_that_import_it():
     """The issue's measurements, as properties of the closures."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     users = lambda f: {n for n, s in stages.items() if f in s.get("do", s).get("deps", [])}  # noqa: E731
-    assert users("pipeline/energies.py") == {"sample"}  # the samplers, no training stage
+    assert users("pipeline/energies.py") == {"sample", "tune"}  # the samplers (and their tuning), no training stage
     assert users("pipeline/params.py") == set(stages)
     assert users("stages/sample.py") == {"sample"} and users("stages/score.py") == {"score"}
     assert users("pipeline/losses.py") == {"train_sup", "train_ref", "train_unsup"}
-    assert users("pipeline/inception.py") == {"reference_stats", "score"}
+    assert users("pipeline/inception.py") == {"reference_stats", "score", "tune"}
+    assert users("pipeline/tuning.py") == {"tune"} and users("pipeline/report.py") == {"report"}
 
 
 def test_dvc_sampler_list_is_the_registry():
@@ -43,6 +44,8 @@ def test_dvc_sampler_list_is_the_registry():
     for name, item in samplers.items():
         want = "models/sup" if SPECS[name].model_kind == "classifier" else "models/unsup"
         assert item["model"] == want, name
+    tuned = yaml.safe_load((ROOT / "dvc.yaml").read_text())["vars"][1]["tuned"]  # tune@NAME: the same facts
+    assert tuned and all(tuned[name] == samplers[name] for name in tuned)
 
 
 def test_registry_refuses_duplicates_and_objectives_match():

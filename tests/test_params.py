@@ -94,11 +94,12 @@ def test_params_yaml_lists_every_samplers_own_knobs_at_the_registry_defaults():
 
 
 @pytest.mark.parametrize("override, words", [
-    ("sample.cs.lam=2", "sample.cs.lam: 'lam' is not a knob of sample.cs; it is read only by rcs (set it there"),
+    ("sample.cs.lam=2", "sample.cs.lam: 'lam' is not a knob of sample.cs; it is read only by rcs, rcs_pca_momentum "
+                        "(set it there"),
     ("sample.defaults.beta=2", "sample.defaults.beta: 'beta' is not a knob of sample.defaults; it is read only by "
-                               "maxent_uncond, maxent_cond"),
-    ("sample.ta.tau=0.1", "read only by pgd_uncond, maxent_uncond, pgd_cond, maxent_cond"),
-    ("sample.pgd_uncond.condition=kmeans", "read only by pgd_cond, maxent_cond"),
+                               "maxent_uncond, maxent_cond, maxent_pca_momentum"),
+    ("sample.ta.tau=0.1", "read only by pgd_uncond, maxent_uncond, pgd_cond, maxent_cond, maxent_pca_momentum"),
+    ("sample.pgd_uncond.condition=kmeans", "read only by pgd_cond, maxent_cond, maxent_pca_momentum"),
     ("sample.rcs.colour=2", "sample.rcs.colour: unknown key"),
 ])
 def test_a_knob_its_sampler_does_not_read_is_one_line(override, words):

@@ -28,3 +28,27 @@ def test_detail_states_gap_and_noise_and_old_scores_fall_back_to_the_sign():
     assert no_sd["CS beats TA"] == "yes" and no_sd["MaxEnt beats PGD, conditional"] == "no"
     missing = dict((t, v) for t, v, _ in claims(_scores({k: v for k, v in FIDS.items() if k != "ta"}, 0.5)))
     assert missing["CS beats TA"] == "not scored"
+
+
+def test_the_new_rows_are_called_against_their_paper_sampler():
+    got = {text: verdict for text, verdict, _ in claims(_scores({**FIDS, "rcs_pca_momentum": 2.0,
+                                                                 "maxent_pca_momentum": 14.0}, sd=0.5))}
+    assert got["(ours) RCS + PCA seeds + momentum beats RCS"] == "yes"                       # gap 4.0
+    assert got["(ours) MaxEnt + PCA seeds + momentum beats MaxEnt (cond)"] == "within noise"  # gap 0.5
+
+
+def test_settings_section_states_what_ran_and_whether_the_heldout_choice_was_used():
+    from pipeline.report import settings_section
+    cfg = {"steps": 60, "step_size": 0.5, "momentum": 0.5, "seeds": "pca"}
+    scores = {"rcs": {"sampler_config": {"steps": 60, "step_size": 0.5, "momentum": 0.0, "seeds": "gaussian"}},
+              "rcs_pca_momentum": {"sampler_config": cfg}, "maxent_pca_momentum": {"sampler_config": cfg}}
+
+    def tuned(steps):
+        return {"chosen": {"steps": steps, "step_size": 0.5, "momentum": 0.5, "classifier": {"fid": 20.0, "fid_sd": 1.0}},
+                "space": "classifier", "rule": "RULE", "heldout": {"n": 1000}}
+    lines = "\n".join(settings_section(scores, {"rcs_pca_momentum": tuned(60), "maxent_pca_momentum": tuned(40)}))
+    assert "| rcs | gaussian | 60 | 0.500 | 0.00 | params.yaml (not tuned) |" in lines
+    assert "| rcs_pca_momentum | pca | 60 |" in lines and "chose steps 60, step size 0.5, momentum 0.5: **used**" in lines
+    assert "chose steps 40" in lines and "**not used** (apply: `dvc exp run -S sample.maxent_pca_momentum.steps=40`)" \
+        in lines
+    assert "1000 test images, classifier FID 20.00 ± 1.00" in lines and "Tuning rule: RULE." in lines
