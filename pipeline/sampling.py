@@ -65,6 +65,10 @@ def prepare_context(name: str, rp: ResolvedSamplerParams, model_path: Path, data
     family = seed_family(rp.seeds)
     ds = load_dataset(data_dir) if kind.sampling_bank or family.needs_training_images else None
     if kind.sampling_bank:
+        trained_tau = blob.get("tau")
+        if isinstance(trained_tau, float) and trained_tau != rp.tau:  # allowed (an ablation), but said
+            log(f"sample {name}: tau {rp.tau:g} differs from the temperature the encoder was trained with "
+                f"({trained_tau:g}): f(x, b) = ĝ(x)·ĝ(b)/τ is then not the trained energy")
         bank_z, bank_cond, seeds = build_bank(model, ds.train.images, ds.train.labels, rp, num_classes,
                                               float(seeds["ridge"]), seeds)
         ctx.bank_z, ctx.bank_cond = bank_z.to(device), bank_cond.to(device)

@@ -28,7 +28,7 @@ def check_inception(
 ):
     """Inception FID/KID of prepared train vs test images (a GPU job at full size: 60,000 images)."""
     p = load(params, overrides)
-    device = setup_runtime(p.sample.runtime)
+    device = setup_runtime(p.score.runtime)
     res = run_check(p, train_per_class, test_per_class, device)
     log(f"check-inception: FID train {res['n_train']} vs test {res['n_test']} = {res['fid']:.2f} "
         f"(published: {res['published_fid_50k_10k']} at 50,000 vs 10,000; FID is biased upwards at small N), "

@@ -19,7 +19,7 @@ def reference_stats(params: ParamsPath = Path("params.yaml"), overrides: Overrid
     """Write score.reference_dir/<space>.npz (mean, covariance, KID features; no pickle) for the
     classifier space and, with score.inception, the Inception space."""
     p = load(params, overrides)
-    device = setup_runtime(p.sample.runtime)
+    device = setup_runtime(p.score.runtime)
     inputs = reference_inputs(p)  # every input (judge, weights, data, seeds) checked before a run opens
     with exclusive(Path(p.score.reference_dir), "reference-stats"), \
             stage_run(p.experiment, "reference_stats", p.score,

@@ -30,7 +30,7 @@ def score(
     """Write score.out_dir/NAME.json (DVC metrics) and log the same numbers to MLflow."""
     require_sampler(name)
     p = load(params, overrides)
-    device = setup_runtime(p.sample.runtime)
+    device = setup_runtime(p.score.runtime)
     inputs = score_inputs(name, p)  # every input checked before an MLflow run opens or a byte is written
     sample_run = inputs.meta.get("mlflow_run_id", "")
     with exclusive(Path(p.score.out_dir) / name, f"score {name}"), \

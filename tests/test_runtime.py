@@ -145,6 +145,33 @@ def test_cuda_device_without_cuda_is_one_line(monkeypatch):
         runtime.setup_runtime(RuntimeParams(device="cuda"))
 
 
+def test_deterministic_switches_torchs_deterministic_algorithms():
+    from pipeline.params import DeviceParams
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        runtime.setup_runtime(DeviceParams(deterministic=True))
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert not torch.utils.deterministic.fill_uninitialized_memory  # no NaN-fill of every new tensor
+        runtime.setup_runtime(DeviceParams(deterministic=False))
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def test_each_stage_accepts_only_the_runtime_keys_it_reads():
+    """Sampling has no SyncBatchNorm to switch; scoring extracts features in fp32, uncompiled."""
+    from pipeline.errors import ParamsError
+    for key in ("sample.runtime.sync_bn=true", "score.runtime.amp=true", "score.runtime.compile=true",
+                "score.runtime.channels_last=false"):
+        with pytest.raises(ParamsError, match=key.split("=")[0].replace(".", r"\.") + ": unknown key"):
+            _parse_with(key)
+
+
+def _parse_with(override: str):
+    from pipeline.params import apply_overrides
+    return parse_params(apply_overrides({}, [override]))
+
+
 def test_sampling_runs_channels_last_when_asked(trained):
     """sample.runtime.channels_last is honoured: the model and every iterate are channels_last, the
     samples agree with the NCHW ones to float tolerance, and the two are different configs (shards of
