@@ -28,6 +28,7 @@ from bench.common import hardware
 from pipeline.attacks import frozen
 from pipeline.data import Dataset, Split
 from pipeline.params import RuntimeParams, SupervisedParams, UnsupervisedParams, parse_params
+from pipeline.sampler_specs import SPECS
 
 
 @dataclass
@@ -163,11 +164,12 @@ def sampler_cases(arch: str, bs: int, steps: int, device, runtime: dict, names) 
     from pipeline.params import ArchParams
     from pipeline.runtime import amp_decision, maybe_compile
     from pipeline.samplers import SAMPLERS, SamplingContext, generate_batch, seeds_on
+    from pipeline.seed_families import seed_family
     rt = RuntimeParams(**runtime)
     amp, _ = amp_decision(rt, device)
     a = ArchParams(name=arch, **({"widths": [8, 16, 32]} if arch == "airbench" else {}))
     data = synthetic(max(bs, 40), device)
-    seeds = seeds_on(fit_seeds(data.train, 10, 1e-4), device)  # as sampling.prepare_context does
+    stats = fit_seeds(data.train, 10, 1e-4)
     nets = {"classifier": build_classifier(a, 10), "contrastive": ContrastiveModel(a, 128)}
     out = []
     for name in names:
@@ -177,12 +179,13 @@ def sampler_cases(arch: str, bs: int, steps: int, device, runtime: dict, names) 
                                       **({name: {"bank_size": 40}} if sampler.model_kind == "contrastive" else {})}}
                           ).sample.resolved(name)
         ctx = SamplingContext(maybe_compile(model, rt), rp, 10)
+        seeds = seeds_on(seed_family(rp.seeds).prepare(stats, rp, data.train.images, data.train.labels), device)  # as sampling.prepare_context does
         if sampler.model_kind == "contrastive":
             with torch.no_grad():
                 ctx.bank_z = model(data.train.images[:40].to(device).float() / 255)
             ctx.bank_cond = data.train.labels[:40].to(device)
 
-        def run(sampler=sampler, ctx=ctx):
+        def run(sampler=sampler, ctx=ctx, seeds=seeds):
             generate_batch(sampler, ctx, seeds, 0, bs, 0, device=device, amp=amp)
         x = torch.rand(bs, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
         flops = steps * attack_like_flops(model, x, 1, False)  # one step counted, times the steps
@@ -206,7 +209,7 @@ def build_cases(args, device, runtime) -> list:
                 ("airbench standard", lambda: [at_case("airbench", 0, 8, device, runtime, True)]),
                 ("contrastive airbench", lambda: [contrastive_case("airbench", 1, 8, device, runtime)]),
                 ("samplers airbench", lambda: sampler_cases("airbench", 8, 2, device, runtime, names))]
-    r50_samplers = [n for n in names if n in ("ta", "langevin", "cs", "rcs")]  # ResNet-50: the classifier samplers
+    r50_samplers = [n for n in names if SPECS[n].model_kind == "classifier"]  # ResNet-50: the classifier samplers
     r18_samplers = names
     if args.quick:
         r50_samplers = [n for n in r50_samplers if n in QUICK_SAMPLERS["resnet50"]]
@@ -229,7 +232,7 @@ def main(argv=None):
     ap.add_argument("--compile", action="store_true", help="runtime.compile: true")
     ap.add_argument("--only", default="", help="only the case groups whose name contains this text")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--samplers", default="ta,langevin,cs,rcs,pgd_uncond,maxent_uncond,pgd_cond,maxent_cond")
+    ap.add_argument("--samplers", default=",".join(SPECS), help="comma-separated; default: every registered sampler")
     ap.add_argument("--out", help="also write the table as JSON")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
@@ -237,6 +240,9 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    unknown = set(args.samplers.split(",")) - set(SPECS)
+    if unknown:
+        ap.error(f"unknown samplers {sorted(unknown)}; registered: {', '.join(SPECS)}")
     runtime = {"amp": "auto", "channels_last": True, "deterministic": False, "compile": args.compile}
     reps = 1 if args.tiny else (3 if args.quick else args.reps)
     peak = bf16_peak(device, 1024 if args.tiny else 8192)
