@@ -99,7 +99,7 @@ def score_settings(samples: dict[tuple, torch.Tensor], heldout: HeldOut, spaces:
     """FID/KID/IS (± bootstrap sd) of every setting's samples against the held-out set's statistics."""
     from torch_fidelity.metric_fid import fid_features_to_statistics
 
-    from .scoring import ReferenceStats, extract, fid_bootstrap_sd, is_bootstrap_sd, metrics_from_features
+    from .metrics import ReferenceStats, extract, fid_bootstrap_sd, is_bootstrap_sd, metrics_from_features
     rows = {key: {"step_size": key[0], "momentum": key[1], "steps": key[2]} for key in sorted(samples)}
     for space in spaces:
         feats = extract(space, heldout.images, batch_size, device, "held-out", layers=(space.fid_layer,))

@@ -29,7 +29,7 @@ def check_inception(
     """Inception FID/KID of prepared train vs test images (a GPU job at full size: 60,000 images)."""
     p = load(params, overrides)
     device = setup_runtime(p.score.runtime)
-    res = run_check(p, train_per_class, test_per_class, device)
+    res = run_check(p.data.out_dir, p.score, train_per_class, test_per_class, device)
     log(f"check-inception: FID train {res['n_train']} vs test {res['n_test']} = {res['fid']:.2f} "
         f"(published: {res['published_fid_50k_10k']} at 50,000 vs 10,000; FID is biased upwards at small N), "
         f"KID = {res['kid']:.5f} ± {res['kid_std']:.5f}; {res['extractor']}, source {res['data_source']}")

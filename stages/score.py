@@ -31,13 +31,13 @@ def score(
     require_sampler(name)
     p = load(params, overrides)
     device = setup_runtime(p.score.runtime)
-    inputs = score_inputs(name, p)  # every input checked before an MLflow run opens or a byte is written
+    inputs = score_inputs(name, p.sample.out_dir, p.data.out_dir, p.score)  # every input checked before an MLflow run opens or a byte is written
     sample_run = inputs.meta.get("mlflow_run_id", "")
     with exclusive(Path(p.score.out_dir) / name, f"score {name}"), \
             stage_run(p.experiment, f"score_{name}", p.score, tags={"sampler": name},
                    upstream={"prepare": read_manifest(p.data.out_dir).get("mlflow_run_id", ""),
                              "sample": sample_run}) as run:
-        result = score_samples(inputs, p, device, run)
+        result = score_samples(inputs, p.score, device, run)
         result["mlflow_run_id"] = run.run_id
         out = Path(p.score.out_dir) / f"{name}.json"
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")

@@ -14,7 +14,8 @@ from pipeline.progress import log
 from pipeline.runtime import amp_decision, setup_runtime
 from pipeline.sampler_specs import require_sampler
 from pipeline.sampling import model_path_for, prepare_context
-from pipeline.scoring import json_safe, spaces
+from pipeline.metrics import json_safe
+from pipeline.scoring import spaces
 from pipeline.tracking import stage_run
 from pipeline.tuning import RULE, chains, check_tunable, choose, heldout_split, plot_curve, score_settings
 
@@ -40,7 +41,7 @@ def tune(
     load_model_file(model_path)  # every input checked before a run opens
     ds = data_mod.load_dataset(p.data.out_dir)
     heldout = heldout_split(ds.test.images, ds.test.labels, ds.train.images, tp.heldout_per_class, p.score.seed)
-    _, enabled = spaces(p)
+    _, enabled = spaces(p.score)
     primary = "inception" if p.score.inception else "classifier"
     out_dir = Path(tp.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,8 @@ import torch
 from pipeline.controls import CONTROL_SETS, FAILED_LINE, gaussian_blur, judge_space, make_control_images
 from pipeline.data import load_dataset, load_seeds
 from pipeline.report import claims_table
-from pipeline.scoring import Space, reference_stats, space_controls
+from pipeline.metrics import Space, reference_stats
+from pipeline.scoring import space_controls
 
 CPU = torch.device("cpu")
 
@@ -49,7 +50,7 @@ def _register_mean_colour_extractor():
     """A deliberately bad instrument: it sees only each image's mean colour (blind to blur)."""
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-    from pipeline.scoring import uint8_extractor_base
+    from pipeline.metrics import uint8_extractor_base
 
     class MeanColour(uint8_extractor_base()):
         @staticmethod

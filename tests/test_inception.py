@@ -12,7 +12,7 @@ import torch
 
 from pipeline import inception
 from pipeline.errors import CemError
-from pipeline.scoring import UInt8Images, extract, inception_space
+from pipeline.metrics import UInt8Images, extract, inception_space
 from tests.conftest import cem, write_params
 from tests.test_scoring import independent_fid
 

@@ -1,5 +1,4 @@
 """Bad params: one line naming the key, exit code 2, nothing written."""
-from pathlib import Path
 
 import pytest
 import yaml

@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from pipeline import attacks, augment, rng
 from pipeline.data import Dataset, Split, fit_seeds
-from pipeline.params import ArchParams, RuntimeParams, SampleParams, SupervisedParams, UnsupervisedParams
+from pipeline.params import ArchParams, SampleParams, SupervisedParams, UnsupervisedParams
 
 GPU = torch.device("meta")  # the stand-in accelerator
 CPU = torch.device("cpu")

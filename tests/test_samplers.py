@@ -1,7 +1,6 @@
 """Samplers on tiny trained models: shapes, determinism, objective ascent, conditioning,
 MaxEnt's diversity, seeds, and byte-identical resume per shard."""
 import json
-from pathlib import Path
 
 import pytest
 import torch

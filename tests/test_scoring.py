@@ -8,7 +8,7 @@ import torch
 
 from pipeline.data import load_dataset
 from pipeline.errors import CemError
-from pipeline.scoring import (Judge, extract, json_safe, mean_pairwise_distance, metrics_from_features,
+from pipeline.metrics import (Judge, extract, json_safe, mean_pairwise_distance, metrics_from_features,
                               read_reference_stats, reference_stats, write_reference_stats)
 from tests.conftest import cem, write_params
 
@@ -62,7 +62,7 @@ def independent_fid(f1: np.ndarray, f2: np.ndarray) -> float:
 
 def test_torch_fidelity_fid_through_the_judge_equals_an_independent_computation(judge_and_data):
     import torch_fidelity
-    from pipeline.scoring import UInt8Images
+    from pipeline.metrics import UInt8Images
     judge, ds = judge_and_data
     a, b = ds.test.images[:60], ds.train.images[:80]
     res = torch_fidelity.calculate_metrics(input1=UInt8Images(a), input2=UInt8Images(b), fid=True, cache=False,
@@ -159,7 +159,7 @@ def test_score_refuses_statistics_of_another_reference_set(trained, tmp_path):
 
 @pytest.mark.parametrize("n", [20, 200])  # N below and above the feature dimension: both routes of fid_exact
 def test_fid_noise_uses_an_fid_that_equals_torch_fidelitys(judge_and_data, n):
-    from pipeline.scoring import fid_bootstrap_sd, fid_exact
+    from pipeline.metrics import fid_bootstrap_sd, fid_exact
     judge, ds = judge_and_data
     space = judge.space
     ref = reference_stats(space, ds.train.images, 64, CPU, 0, {})
@@ -183,7 +183,7 @@ def _root(sigma):
 
 def test_fid_noise_shrinks_with_more_samples(judge_and_data):
     """The bootstrap noise is the noise of this N: 4x the samples, about half the spread."""
-    from pipeline.scoring import fid_bootstrap_sd
+    from pipeline.metrics import fid_bootstrap_sd
     judge, ds = judge_and_data
     ref = reference_stats(judge.space, ds.test.images, 64, CPU, 0, {})
     f = extract(judge.space, ds.train.images, 64, CPU, "test")[judge.space.fid_layer]

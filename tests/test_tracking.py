@@ -44,7 +44,6 @@ def mlflow_server(tmp_path):
 
 
 def test_prepare_logs_params_metrics_artifacts_to_a_real_server(mlflow_server, tmp_path, image_folder):
-    import mlflow
     from mlflow.tracking import MlflowClient
     raw = tiny_params(tmp_path, image_folder, data={"train_per_class": 5, "test_per_class": 2})
     cem("prepare", "--params", str(write_params(tmp_path, raw)), env={"MLFLOW_TRACKING_URI": mlflow_server})
@@ -64,7 +63,6 @@ def test_prepare_logs_params_metrics_artifacts_to_a_real_server(mlflow_server, t
 
 
 def test_lineage_tags_link_training_to_data(trained):
-    import mlflow
     from mlflow.tracking import MlflowClient
     tmp, _ = trained
     client = MlflowClient()

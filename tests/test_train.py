@@ -64,7 +64,7 @@ def test_sigkill_then_resume_is_bit_identical(prepared, tmp_path):
     assert 0 < killed_at < 80
 
     resumed = cem("train", "supervised", "--params", str(params))
-    assert f"resuming from" in resumed.stderr
+    assert "resuming from" in resumed.stderr
     resumed_weights = load_model_file(tmp_path / "resume_model" / "model.pt")["state_dict"]
     resumed_bytes = (tmp_path / "resume_model" / "model.pt").read_bytes()
 

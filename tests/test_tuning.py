@@ -25,7 +25,7 @@ def test_the_heldout_split_is_disjoint_from_the_reference_set(trained):
     held = heldout_split(planted, labels, ds.train.images, None, 0)
     assert held.dropped >= 7 and len(held.images) == len(planted) - held.dropped
     p = parse_params(raw)
-    reference, _, _ = reference_images(p, Dataset(ds.train, Split(planted, labels), ds.classes))
+    reference, _, _ = reference_images(p.data.out_dir, p.score, Dataset(ds.train, Split(planted, labels), ds.classes))
     assert not image_keys(held.images) & image_keys(reference)
     assert not image_keys(held.images) & image_keys(ds.train.images)
     with pytest.raises(CemError, match="fewer than 2 held-out test images"):
