@@ -68,6 +68,20 @@ def stale_files(root: Path, commit: str, files: list[str]) -> Optional[list[str]
     return out.stdout.split() if out.returncode == 0 else None
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tuned_samplers(dvc_yaml: Path) -> list[str]:
+    """The samplers dvc.yaml tunes (its `tuned` vars: one tune@NAME stage each); none without a dvc.yaml."""
+    import yaml
+    if not dvc_yaml.is_file():
+        return []
+    for entry in (yaml.safe_load(dvc_yaml.read_text()) or {}).get("vars", []):
+        if isinstance(entry, dict) and "tuned" in entry:
+            return list(entry["tuned"] or [])
+    return []
+
+
 class Estimator:
     def __init__(self, p, table: dict, stages: Optional[dict] = None, root: Optional[Path] = None):
         self.p, self.rows, self.table_compile = p, table.get("rows", []), bool(table.get("compile", False))
@@ -118,15 +132,21 @@ class Estimator:
         why = f"{row['case']}{' compiled' if compile_ else ''} + first step {first:.0f} s; {note}"
         return name, loop + first + (fixed or 0.0), why
 
-    def sampling(self, name: str) -> tuple[str, Optional[float], str]:
-        spec, rp = SPECS[name], self.p.sample.resolved(name)
-        arch = getattr(self.p, MODEL_KINDS[spec.model_kind].section).arch.name
+    def _sampler_row(self, name: str, steps: int) -> tuple[Optional[dict], str]:
+        """This sampler's measured rate on its model's arch at `steps` steps (else any sampler's there)."""
+        arch = getattr(self.p, MODEL_KINDS[SPECS[name].model_kind].section).arch.name
         compile_ = self.p.sample.runtime.compile
-        row = _row(self.rows, rf"^sampler ({name} )?{arch}, {rp.steps} steps", compile_, self.table_compile) or \
-            _row(self.rows, rf"^sampler \w+ {arch}, {rp.steps} steps", compile_, self.table_compile)
+        row = _row(self.rows, rf"^sampler ({name} )?{arch}, {steps} steps", compile_, self.table_compile) or \
+            _row(self.rows, rf"^sampler \w+ {arch}, {steps} steps", compile_, self.table_compile)
+        return row, f"no {'compiled' if compile_ else 'eager'} sampler rate on {arch} at {steps} steps"
+
+    def sampling(self, name: str) -> tuple[str, Optional[float], str]:
+        rp = self.p.sample.resolved(name)
+        compile_ = self.p.sample.runtime.compile
+        row, missing = self._sampler_row(name, rp.steps)
         stage = f"sample@{name}"
         if row is None:
-            return stage, None, f"no {'compiled' if compile_ else 'eager'} sampler rate on {arch} at {rp.steps} steps"
+            return stage, None, missing
         loop = rp.n / float(row["items_per_s"])
         fixed, note = self._fixed(stage)
         if fixed is None:  # another sampler's stage: the same start-up, seeds, controls and grid
@@ -135,6 +155,29 @@ class Estimator:
             if others:
                 fixed, note = sum(others) / len(others), f"fixed part from {len(others)} other sample stage(s)"
         return stage, loop + (fixed or 0.0), f"{row['case']}{' compiled' if compile_ else ''}; {note}"
+
+    def tuning(self, name: str) -> tuple[str, Optional[float], str]:
+        """`cem tune NAME`: one chain of max(tune.steps) steps per (step size, momentum) setting, at the
+        sampler's measured rate per step; its start-up and scoring (every setting × step count) are
+        known only from a measured tune stage."""
+        stage, tp, rp = f"tune@{name}", self.p.tune, self.p.sample.resolved(name)
+        row, missing = self._sampler_row(name, rp.steps)
+        if row is None:
+            return stage, None, missing
+        settings = len(tp.step_size or [rp.step_size]) * len(tp.momentum or [rp.momentum])
+        loop = settings * tp.n * max(tp.steps) / (float(row["items_per_s"]) * rp.steps)
+        m = self.measured.get(stage)
+        if m is None:
+            return stage, None, (f"chains {loop:.0f} s from {row['case']}; start-up and scoring "
+                                 f"{settings * len(tp.steps) * tp.n:,} images not measured")
+        if "loop_seconds" not in m:  # the whole stage as measured (scripts/gpu_record.py), valid at its size
+            other = m.get("section") not in (None, tp.model_dump(mode="json"))
+            return stage, m["seconds"], (f"measured {self.stages.get('date', '?')}"
+                                         + (" with other tune settings" if other else " at this stage's size")
+                                         + self._stale(stage))
+        fixed = m["seconds"] - m["loop_seconds"]
+        return stage, loop + fixed, (f"{row['case']}; fixed {fixed:.0f} s (start-up, scoring) measured "
+                                     f"{self.stages.get('date', '?')}{self._stale(stage)}")
 
     def measured_only(self, stage: str) -> tuple[str, Optional[float], str]:
         m = self.measured.get(stage)
@@ -151,6 +194,7 @@ def estimate(p, table: dict, stages: Optional[dict] = None, root: Optional[Path]
     rows += [e.training(name, getattr(p, name)) for name in ("train_sup", "train_ref", "train_unsup")]
     rows += [e.sampling(name) for name in SPECS]
     rows += [e.measured_only("reference_stats")] + [e.measured_only(f"score@{n}") for n in SPECS]
+    rows += [e.tuning(n) for n in tuned_samplers((Path(root) if root else REPO) / "dvc.yaml")]
     rows += [e.measured_only("report")]
     return rows
 

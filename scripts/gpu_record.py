@@ -65,6 +65,8 @@ def main(argv=None) -> int:
         elif name.startswith("sample@") and name[7:] in samples:
             s = samples[name[7:]]
             entry.update(loop_seconds=round(s["n"] / s["samples_per_second"], 1), n=s["n"])
+        elif name.startswith("tune@"):
+            entry.update(section=parsed.tune.model_dump(mode="json"))  # valid at these tune settings
         stages[name] = entry
     (a.docs / "gpu_stages.json").write_text(json.dumps(
         {"device": first["device"], "torch": first.get("torch"), "date": first.get("date"), "commit": a.commit,

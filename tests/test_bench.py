@@ -68,6 +68,13 @@ def test_profile_time_estimate_uses_measurements_only():
     assert abs(rows["sample@rcs"][0] - (10_000 / 1_000 + 15.0)) < 1e-6  # fixed part: the mean of the measured
     assert rows["score@cs"][0] is None and rows["report"][0] is None and rows["train_unsup"][0] is None
     assert rows["train_ref"][0] is None  # no standard-training rate in the table
+    # tune@: chains of max(tune.steps) steps per setting at the per-step rate; unknown until a tune stage is measured
+    secs, why = rows["tune@rcs_pca_momentum"]
+    chains = p.tune.n * max(p.tune.steps) / (1_000 * p.sample.resolved("rcs_pca_momentum").steps)
+    assert secs is None and f"chains {chains:.0f} s" in why and "not measured" in why
+    stages["stages"]["tune@rcs_pca_momentum"] = {"seconds": 50.0, "loop_seconds": 10.0}
+    secs = dict((n, s) for n, s, _ in estimate(p, table, stages))["tune@rcs_pca_momentum"]
+    assert abs(secs - (chains + 40.0)) < 1e-6
 
 
 def test_estimate_marks_measurements_of_changed_code_stale(tmp_path):
