@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from .checkpoints import build_trained_model, load_model_file, model_run_id
 from .files import sha256_file
 from .errors import CemError
 from .progress import log, progress_bar
+
+if TYPE_CHECKING:
+    from .params import ScoreParams
 
 KID_REFERENCE_MAX = 10_000
 """Reference features kept for KID (a seeded subset; KID draws subsets of ≤ kid_subset_size anyway)."""
@@ -144,6 +147,15 @@ def inception_space(explicit_full_weights: Optional[str]) -> Space:
 
 
 # ----------------------------------------------------------------------------- features
+def spaces(sp: "ScoreParams") -> tuple[Judge, list[Space]]:
+    """The judge, and the enabled spaces: classifier always, Inception when `score.inception`."""
+    judge = Judge(Path(sp.judge))
+    out = [judge.space]
+    if sp.inception:
+        out.append(inception_space(sp.inception_weights))
+    return judge, out
+
+
 def extract(space: Space, images: torch.Tensor, batch_size: int, device: torch.device, label: str,
             layers: Optional[tuple[str, ...]] = None) -> dict[str, torch.Tensor]:
     """Features of uint8 images (N, 3, H, W) through the space's torch-fidelity extractor."""

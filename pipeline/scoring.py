@@ -17,7 +17,7 @@ import torch
 from .errors import CemError
 from .metrics import (Judge, ReferenceStats, Space, extract, fid_bootstrap_sd, inception_space, is_bootstrap_sd,
                       json_safe, mean_pairwise_distance, metrics_from_features, read_reference_stats, reference_stats,
-                      write_reference_stats)
+                      spaces, write_reference_stats)
 from .params import ScoreParams
 from .progress import log
 
@@ -31,15 +31,6 @@ def reference_images(data_dir: str, sp: ScoreParams, ds=None) -> tuple[torch.Ten
     data_hash = read_manifest(data_dir).get("sha256", {}).get("dataset.pt", "")
     ident = {"data_sha256": data_hash, "reference_per_class": sp.reference_per_class, "seed": sp.seed}
     return ds.train.images[idx], ds.train.labels[idx], ident
-
-
-def spaces(sp: ScoreParams) -> tuple[Judge, list[Space]]:
-    """The judge, and the enabled spaces: classifier always, Inception when `score.inception`."""
-    judge = Judge(Path(sp.judge))
-    out = [judge.space]
-    if sp.inception:
-        out.append(inception_space(sp.inception_weights))
-    return judge, out
 
 
 def control_images(data_dir: str, sp: ScoreParams, n: int, ds=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

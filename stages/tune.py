@@ -14,8 +14,7 @@ from pipeline.progress import log
 from pipeline.runtime import amp_decision, setup_runtime
 from pipeline.sampler_specs import require_sampler
 from pipeline.sampling import model_path_for, prepare_context
-from pipeline.metrics import json_safe
-from pipeline.scoring import spaces
+from pipeline.metrics import json_safe, spaces
 from pipeline.tracking import stage_run
 from pipeline.tuning import RULE, chains, check_tunable, choose, heldout_split, plot_curve, score_settings
 
