@@ -259,8 +259,9 @@ def load_tuning(tune_dir: Optional[Path]) -> dict[str, dict]:
     return out
 
 
-def settings_section(scores: dict[str, dict], tuning: dict[str, dict]) -> list[str]:
-    """The settings each sampler's samples were made with, and how they were chosen."""
+def settings_section(scores: dict[str, dict], tuning: dict[str, dict], controls: Optional[dict] = None) -> list[str]:
+    """The settings each sampler's samples were made with, and how they were chosen. A held-out choice
+    made in a space that failed its controls is shown but marked withheld, like the claims."""
     L = ["", "## Settings and how they were chosen", "",
          "Every sampler runs its params' settings (params.yaml, `sample.defaults` and `sample.NAME`). For the "
          "samplers `cem tune` measures, the step count is judged on **held-out** real images (the test split, "
@@ -280,9 +281,12 @@ def settings_section(scores: dict[str, dict], tuning: dict[str, dict]) -> list[s
             same = (c["steps"], c["step_size"], c["momentum"]) == (cfg.get("steps"), cfg.get("step_size"),
                                                                      cfg.get("momentum", 0.0))
             fid = c.get(t["space"], {})
+            status = space_status(controls, t["space"])
             how = (f"held-out tuning ({h['n']} test images, {t['space']} FID "
                    f"{_f(fid.get('fid'))} ± {_f(fid.get('fid_sd'))}) chose {picked}: "
-                   + ("**used**" if same else f"**not used** (apply: `dvc exp run -S sample.{name}.steps={c['steps']}`)"))
+                   + ("**used**" if same else f"**not used** (apply: `dvc exp run -S sample.{name}.steps={c['steps']}`)")
+                   + ("" if status is None else f"; **withheld**: the {t['space']} space failed its controls"
+                      if status == FAILED_LINE else f"; unchecked: {status}"))
         L.append(f"| {name} | {cfg.get('seeds', 'gaussian')} | {cfg.get('steps')} | {_f(cfg.get('step_size'), 3)} | "
                  f"{_f(cfg.get('momentum', 0.0))} | {how} |")
     if tuning:
@@ -376,7 +380,7 @@ def write_report(score_dir: Path, sample_dir: Path, model_metrics: dict[str, Pat
                  f"{_f(ac.get('target_acc'), 1)} | {_f(bc.get('target_acc'), 1)} | {_f(cc.get('diversity'), 3)} | "
                  f"{_f(s.get('real_diversity'), 3)} |")
     L += controls_section(controls, scores)
-    L += settings_section(scores, load_tuning(tune_dir))
+    L += settings_section(scores, load_tuning(tune_dir), controls)
     spaces = [sp for sp in ("classifier", "inception") if any(_space_row(s, "samples", sp) for s in scores.values())]
     L += ["", "## The paper's qualitative claims in this run", "",
           f"Each claim is called per feature space, in FID and in IS. An ordering is called (yes/no) only when "

@@ -52,3 +52,21 @@ def test_settings_section_states_what_ran_and_whether_the_heldout_choice_was_use
     assert "chose steps 40" in lines and "**not used** (apply: `dvc exp run -S sample.maxent_pca_momentum.steps=40`)" \
         in lines
     assert "1000 test images, classifier FID 20.00 ± 1.00" in lines and "Tuning rule: RULE." in lines
+
+
+def test_a_heldout_choice_in_a_space_that_failed_its_controls_is_withheld():
+    """Like a claim, a step count chosen by a failed instrument is shown but not to be trusted."""
+    from pipeline.report import settings_section
+    cfg = {"steps": 60, "step_size": 0.5, "momentum": 0.5, "seeds": "pca"}
+    tuned = {"chosen": {"steps": 0, "step_size": 0.5, "momentum": 0.5, "classifier": {"fid": 18.7, "fid_sd": 0.8}},
+             "space": "classifier", "rule": "RULE", "heldout": {"n": 1000}}
+    scores = {"rcs_pca_momentum": {"sampler_config": cfg}}
+
+    def row(controls):
+        return next(l for l in settings_section(scores, {"rcs_pca_momentum": tuned}, controls)
+                    if l.startswith("| rcs_pca_momentum"))
+    passed = {"spaces": {"classifier": {"passed": True}}}
+    failed = {"spaces": {"classifier": {"passed": False}}}
+    assert "withheld" not in row(passed) and "unchecked" not in row(passed)
+    assert row(failed).endswith("; **withheld**: the classifier space failed its controls |")
+    assert "unchecked: no controls for this space" in row(None)
