@@ -48,10 +48,15 @@ def _missing(rows: list[dict], pattern: str, bs: int, compile_: bool) -> str:
             else f"no row matching {pattern!r}")
 
 
+def _dvc(dvc_yaml: Path) -> dict:
+    """dvc.yaml as data; {} where there is none (an estimate outside a checkout)."""
+    import yaml
+    return (yaml.safe_load(dvc_yaml.read_text()) or {}) if dvc_yaml.is_file() else {}
+
+
 def stage_code(dvc_yaml: Path, stage: str) -> list[str]:
     """The code files (pipeline/, stages/) a dvc.yaml stage depends on (`sample@ta` -> the foreach body)."""
-    import yaml
-    spec = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).get(stage.split("@")[0], {})
+    spec = _dvc(dvc_yaml).get("stages", {}).get(stage.split("@")[0], {})
     deps = (spec.get("do") or spec).get("deps", [])
     return [d for d in deps if isinstance(d, str) and d.endswith(".py")]
 
@@ -73,10 +78,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tuned_samplers(dvc_yaml: Path) -> list[str]:
     """The samplers dvc.yaml tunes (its `tuned` vars: one tune@NAME stage each); none without a dvc.yaml."""
-    import yaml
-    if not dvc_yaml.is_file():
-        return []
-    for entry in (yaml.safe_load(dvc_yaml.read_text()) or {}).get("vars", []):
+    for entry in _dvc(dvc_yaml).get("vars", []):
         if isinstance(entry, dict) and "tuned" in entry:
             return list(entry["tuned"] or [])
     return []

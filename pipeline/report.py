@@ -282,11 +282,12 @@ def settings_section(scores: dict[str, dict], tuning: dict[str, dict], controls:
                                                                      cfg.get("momentum", 0.0))
             fid = c.get(t["space"], {})
             status = space_status(controls, t["space"])
+            trust = ("" if status is None else f"; **withheld**: the {t['space']} space failed its controls"
+                     if status == FAILED_LINE else f"; unchecked: {status}")
             how = (f"held-out tuning ({h['n']} test images, {t['space']} FID "
                    f"{_f(fid.get('fid'))} ± {_f(fid.get('fid_sd'))}) chose {picked}: "
                    + ("**used**" if same else f"**not used** (apply: `dvc exp run -S sample.{name}.steps={c['steps']}`)")
-                   + ("" if status is None else f"; **withheld**: the {t['space']} space failed its controls"
-                      if status == FAILED_LINE else f"; unchecked: {status}"))
+                   + trust)
         L.append(f"| {name} | {cfg.get('seeds', 'gaussian')} | {cfg.get('steps')} | {_f(cfg.get('step_size'), 3)} | "
                  f"{_f(cfg.get('momentum', 0.0))} | {how} |")
     if tuning:

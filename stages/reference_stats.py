@@ -20,7 +20,8 @@ def reference_stats(params: ParamsPath = Path("params.yaml"), overrides: Overrid
     classifier space and, with score.inception, the Inception space."""
     p = load(params, overrides)
     device = setup_runtime(p.score.runtime)
-    inputs = reference_inputs(p.data.out_dir, p.score, p.sample.defaults.n)  # every input (judge, weights, data, seeds) checked before a run opens
+    # every input (judge, weights, data, seeds) checked before a run opens
+    inputs = reference_inputs(p.data.out_dir, p.score, p.sample.defaults.n)
     with exclusive(Path(p.score.reference_dir), "reference-stats"), \
             stage_run(p.experiment, "reference_stats", p.score,
                    upstream={"prepare": read_manifest(p.data.out_dir).get("mlflow_run_id", "")}) as run:

@@ -31,7 +31,8 @@ def score(
     require_sampler(name)
     p = load(params, overrides)
     device = setup_runtime(p.score.runtime)
-    inputs = score_inputs(name, p.sample.out_dir, p.data.out_dir, p.score)  # every input checked before an MLflow run opens or a byte is written
+    # every input checked before an MLflow run opens or a byte is written
+    inputs = score_inputs(name, p.sample.out_dir, p.data.out_dir, p.score)
     sample_run = inputs.meta.get("mlflow_run_id", "")
     with exclusive(Path(p.score.out_dir) / name, f"score {name}"), \
             stage_run(p.experiment, f"score_{name}", p.score, tags={"sampler": name},
