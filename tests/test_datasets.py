@@ -70,10 +70,13 @@ def _project_copy(dest: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["cifar100", "svhn"])
+@pytest.mark.parametrize("name", ["cifar100"])
 def test_smoke_dag_runs_end_to_end_on_another_dataset(tmp_path, name):
+    """The whole DAG once on a dataset that is not CIFAR-10 (~4 min of CI, so one: CIFAR-100 differs in
+    more ways — 100 classes, heads, seeds per class, no paper numbers; SVHN's own source layout is read by
+    the test above, and its registry entry is checked against the report's labelling below)."""
     spec = DATASETS[name]
-    per_class = {"cifar100": (10, 5), "svhn": (20, 5)}[name]  # small: the DAG's plumbing, not its numbers
+    per_class = {"cifar100": (10, 5)}[name]  # small: the DAG's plumbing, not its numbers
     source = write_image_folder(tmp_path / "images", *per_class, num_classes=spec.num_classes)
     repo = _project_copy(tmp_path / "repo")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",

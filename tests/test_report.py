@@ -1,5 +1,6 @@
 """report.claims: the paper's orderings are called only where the numbers support them."""
 from pipeline.report import claims
+from pipeline.sampler_specs import SPECS
 
 
 def _scores(fids: dict, sd: float | None):
@@ -70,3 +71,25 @@ def test_a_heldout_choice_in_a_space_that_failed_its_controls_is_withheld():
     assert "withheld" not in row(passed) and "unchecked" not in row(passed)
     assert row(failed).endswith("; **withheld**: the classifier space failed its controls |")
     assert "unchecked: no controls for this space" in row(None)
+
+
+
+def test_another_dataset_is_named_and_gets_no_paper_numbers(tmp_path):
+    """The report labels its rows from the dataset's registry entry (the whole DAG runs on CIFAR-100 in
+    tests/test_datasets.py; here SVHN, from the same score file as CIFAR-10)."""
+    import json
+    from pipeline.datasets import DATASETS
+    from pipeline.report import write_report
+    row = {"n": 500, "reference_n": 1000, "fid": 9.0, "kid": 0.01, "is": 5.0}
+    (tmp_path / "scores").mkdir()
+    (tmp_path / "scores" / "cs.json").write_text(json.dumps(
+        {"sampler": "cs", "samples": {"classifier": row}, "control_seeds": {"classifier": {**row, "fid": 30.0}}}))
+
+    def report(name):
+        return write_report(tmp_path / "scores", tmp_path / "samples", {}, tmp_path / name / "results.md",
+                            dataset=DATASETS[name]).read_text()
+    svhn, cifar = report("svhn"), report("cifar10")
+    assert "Dataset: **svhn** (10 classes). The paper reports no numbers on it" in svhn
+    assert "Dataset:" not in cifar
+    paper = f"{SPECS['cs'].paper_is} | {SPECS['cs'].paper_fid} |"
+    assert paper in cifar and paper not in svhn
