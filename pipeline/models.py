@@ -36,6 +36,16 @@ def _conv_bn(cin: int, cout: int, pool: bool) -> list[nn.Module]:
     return layers
 
 
+WHITEN_EPS = 2e-3
+"""Added to every eigenvalue before the whitening stem divides by its square root, so it caps the gain of
+the quietest patch directions at 1/√eps (≈ 22×). airbench uses 5e-4 (gain up to ≈ 45×); CIFAR-10's 2×2
+patches have directions of variance 1e-4 … 7e-3 (normalised units), where pixel noise of σ = 0.03 (PSNR
+30 dB, invisible) dominates, so at 5e-4 the judge's features moved more for that noise than for
+Gaussian blobs and the judge failed its noise control on 3 of 3 seeds on AMD Zen 4 (docs/judge.md).
+2e-3 is the smallest of the values measured (5e-4, 2e-3, 1e-2) under which noised images sit clearly
+between real images and the seeds; 1e-2 made the judge blind to blur against the seeds. Same accuracy."""
+
+
 class AirbenchNet(nn.Module):
     """airbench-style CIFAR net: a 2x2 patch stem, three conv-pool-BN groups, global max pool.
     Small enough for CPU adversarial training (≈20 M MACs per image at widths 32/64/128).
@@ -63,7 +73,7 @@ class AirbenchNet(nn.Module):
             self.body[0].weight.requires_grad_(False)
 
     @torch.no_grad()
-    def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+    def init_whitening(self, images: torch.Tensor, eps: float = WHITEN_EPS) -> None:
         """Set the stem to the whitening transform of the 2x2 patches of `images` (uint8 or [0,1]
         float, N×3×H×W; airbench uses 5,000): W = [V/√(λ+eps); −V/√(λ+eps)], λ,V the eigenpairs of
         the patch covariance of the normalised images, largest first. Float64, so every CPU agrees."""

@@ -8,6 +8,7 @@ from pipeline.data import load_dataset, load_seeds
 from pipeline.report import claims_table
 from pipeline.metrics import Space, reference_stats
 from pipeline.scoring import space_controls
+from tests.conftest import SHARED_ARCHIVE
 
 CPU = torch.device("cpu")
 
@@ -44,6 +45,37 @@ def test_blur_keeps_a_constant_image_and_smooths_an_edge():
     edge[..., 4:] = 1
     out = gaussian_blur(edge, 1.0)
     assert 0 < out[0, 0, 0, 3] < 0.5 < out[0, 0, 0, 4] < 1
+
+
+def _psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean per-image PSNR (dB) of uint8 images y against x."""
+    mse = ((y.double() - x.double()) / 255).pow(2).mean((1, 2, 3))
+    return float((10 * torch.log10(1 / mse)).mean())
+
+
+@pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason="needs ../shared/data/cifar10-jpeg.tar.gz (CI and dev machines)")
+def test_the_two_degradations_are_equally_mild_on_real_cifar10_images():
+    """BLUR_SIGMA was chosen to cost the PSNR the noise costs (~30.6 dB): neither degraded set may be
+    a much larger change than the other, or "degraded < seeds" stops being an undisputed order."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+    per_class: dict[str, list] = {}
+    with tarfile.open(SHARED_ARCHIVE, "r:gz") as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if member.isfile() and parts[0] == "test" and len(per_class.setdefault(parts[1], [])) < 30:
+                per_class[parts[1]].append(np.array(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")))
+    images = torch.from_numpy(np.stack([a for v in per_class.values() for a in v])).permute(0, 3, 1, 2).contiguous()
+    assert len(per_class) == 10 and len(images) == 300
+    sets = {name: CONTROL_SETS[name].make(images, None, {}, torch.Generator().manual_seed(0))
+            for name in ("blur", "noise")}
+    blur, noise = _psnr(images, sets["blur"]), _psnr(images, sets["noise"])
+    assert 29.5 < noise < 31.5 and abs(blur - noise) < 1.0, (blur, noise)
+    too_strong = _psnr(images, (gaussian_blur(images.float() / 255, 1.0).clamp(0, 1) * 255).round().to(torch.uint8))
+    assert noise - too_strong > 4  # the σ = 1 px blur of the first runs: 3.5× the noise's squared error
 
 
 def _register_mean_colour_extractor():

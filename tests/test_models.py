@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipeline.models import AirbenchNet, build_classifier
+from pipeline.models import WHITEN_EPS, AirbenchNet, build_classifier
 from pipeline.params import ArchParams, ParamsError, load_params
 from tests.conftest import ROOT
 
@@ -21,9 +21,24 @@ def test_whitening_stem_whitens_the_patches_it_was_fitted_on():
     w = net.body[0].weight.double().reshape(24, 12)[:12]  # the + half; the − half mirrors it
     out = patches @ w.T
     cov = out.T @ out / len(out)
-    assert torch.allclose(cov.diagonal(), torch.ones(12, dtype=torch.float64), atol=0.05)
-    assert (cov - torch.diag(cov.diagonal())).abs().max() < 0.05
+    lam = torch.linalg.eigvalsh(patches.T @ patches / len(patches)).flip(0)
+    # decorrelated, each direction scaled to variance λ/(λ+eps): ~1 where the data vary, less where they barely do
+    assert torch.allclose(cov.diagonal(), lam / (lam + WHITEN_EPS), atol=0.02)
+    assert (cov - torch.diag(cov.diagonal())).abs().max() < 0.02
     assert not net.body[0].weight.requires_grad  # frozen: the optimizer never sees it
+
+
+def test_whitening_caps_the_gain_of_directions_the_data_do_not_use():
+    """Why eps is 2e-3 and not airbench's 5e-4: pixel noise lives in the patch directions where real images
+    barely vary; the stem amplifies any direction by at most 1/√eps, so σ = 0.03 noise cannot dominate the
+    judge's input (docs/judge.md)."""
+    gen = torch.Generator().manual_seed(0)
+    flat = (torch.rand(300, 3, 1, 1, generator=gen).expand(300, 3, 32, 32) * 255).round().to(torch.uint8)
+    net = AirbenchNet(whiten=True)
+    net.init_whitening(flat)  # constant images: 9 of the 12 patch directions carry no variance at all
+    w = net.body[0].weight.double().reshape(24, 12)[:12]
+    gains = torch.linalg.svdvals(w)  # the stem's gain along each (orthonormal) eigen-direction
+    assert gains.max() == pytest.approx(1 / math.sqrt(WHITEN_EPS), rel=1e-6)
 
 
 def test_flip_tta_makes_the_judge_mirror_invariant_in_eval_mode_only():
