@@ -236,21 +236,40 @@ def subset(split: Split, per_class: Optional[int], seed: int) -> Split:
 def gaussian_factor(images: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor, float]:
     """N(μ, Σ + ridge·I) of flattened [0,1] images as (μ, F, s) with F Fᵀ + s²·I = Σ + ridge·I.
 
-    With at least 3072 images F is the Cholesky factor of Σ + ridge·I and s = 0. With fewer, Σ has
-    rank < 3072 and F = centred data / √(n−1) (Σ = F Fᵀ exactly), s = √ridge: the same
-    distribution in far less space (subsets used by tests and the smoke profile)."""
+    F is the *principal* factor: orthogonal columns V_j √λ_j sorted by decreasing variance λ_j, each
+    sign-fixed (its largest entry positive, so the factor does not depend on LAPACK's sign choice).
+    Any factor draws the same Gaussian; this one also serves the `pca` seed family by slicing its first
+    columns, so the float64 eigendecomposition is paid once in `cem prepare` instead of in every stage
+    that samples from PCA seeds (~4 s per 3072² matrix on 2 CPU cores, 11 of them).
+    With at least 3072 images it comes from Σ + ridge·I and s = 0. With fewer, Σ has rank < 3072 and F
+    comes from the thin SVD of the centred data / √(n−1) (Σ = F Fᵀ exactly), s = √ridge: the same
+    distribution in far less space (subsets used by tests, the smoke profile, k-means clusters)."""
     x = images.reshape(len(images), -1).to(torch.float64) / 255.0
     n, d = x.shape
     mean = x.mean(0)
     xc = x - mean
     if n - 1 < d:
-        return mean, xc.T / math.sqrt(max(n - 1, 1)), math.sqrt(ridge)
+        u, sv, _ = torch.linalg.svd(xc.T / math.sqrt(max(n - 1, 1)), full_matrices=False)
+        return mean, _sign_fixed(u * sv), math.sqrt(ridge)
     cov = xc.T @ xc / (n - 1)
     cov.diagonal().add_(ridge)
-    chol, info = torch.linalg.cholesky_ex(cov)
-    if int(info) != 0:
+    w, v = torch.linalg.eigh(cov)  # ascending
+    if float(w[0]) <= 0 or not torch.isfinite(w).all():
         raise CemError("seed covariance is not positive definite; raise data.cov_ridge")
-    return mean, chol, 0.0
+    return mean, _sign_fixed(v.flip(1) * w.flip(0).sqrt()), 0.0
+
+
+def _sign_fixed(factor: torch.Tensor) -> torch.Tensor:
+    """Each column times the sign of its largest-magnitude entry (eigenvectors are defined up to sign)."""
+    pick = factor.abs().argmax(0)
+    sign = torch.sign(factor.gather(0, pick[None]))
+    sign[sign == 0] = 1
+    return factor * sign
+
+
+SEED_FACTORS = "principal"
+"""Marks a seeds.pt whose factors are principal (gaussian_factor); older files held Cholesky factors,
+which draw the same Gaussian but which the `pca` seed family cannot slice."""
 
 
 def fit_seeds(train: Split, num_classes: int, ridge: float) -> dict:
@@ -259,7 +278,7 @@ def fit_seeds(train: Split, num_classes: int, ridge: float) -> dict:
         m, f, s = gaussian_factor(images, ridge)
         return {"mean": m.float(), "factor": f.float(), "iso_std": float(s)}
     return {"classes": [fit(train.images[train.labels == c]) for c in range(num_classes)],
-            "all": fit(train.images), "ridge": float(ridge)}
+            "all": fit(train.images), "ridge": float(ridge), "factors": SEED_FACTORS}
 
 
 def draw_seeds(seeds: dict, n: int, gen: torch.Generator, condition: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -300,9 +319,13 @@ def load_seeds(out_dir: str | Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise CemError(f"seed statistics not found at {path}; run `cem prepare` first")
     try:
-        return torch.load(path, weights_only=True)
+        seeds = torch.load(path, weights_only=True)
     except Exception as exc:
         raise CemError(f"{path} is not a seed file written by `cem prepare` ({exc.__class__.__name__})") from None
+    if not isinstance(seeds, dict) or seeds.get("factors") != SEED_FACTORS:
+        raise CemError(f"{path} was written by an older `cem prepare` (its seed factors are not principal "
+                       f"components); run `cem prepare` again (`dvc repro` does)")
+    return seeds
 
 
 def read_manifest(out_dir: str | Path) -> dict:

@@ -81,24 +81,21 @@ def _gaussian():
 # ----------------------------------------------------------------------------- pca
 def pca_factor(factor, iso_std: float, share: float):
     """The top principal components of Σ = F Fᵀ + s²·I keeping `share` of its trace, as a factor
-    P = V_k √Λ_k (so P Pᵀ is Σ restricted to them). float64 eigendecomposition of the d×d matrix
-    when F is square (≥ d images), else an SVD of the thin F (its rank bounds the components)."""
+    P = V_k √Λ_k (so P Pᵀ is Σ restricted to them). F must be principal (data.gaussian_factor:
+    orthogonal columns sorted by decreasing norm), so the components are F's first columns and no
+    decomposition runs here; component j's variance is |F_j|² + s²."""
     import torch
     f = factor.to(torch.float64)
     d = f.shape[0]
-    if f.shape[1] >= d:
-        sigma = f @ f.T
-        sigma.diagonal().add_(iso_std ** 2)
-        w, v = torch.linalg.eigh(sigma)
-        w, v = w.flip(0).clamp(min=0), v.flip(1)
-        total = float(w.sum())
-    else:
-        v, s, _ = torch.linalg.svd(f, full_matrices=False)
-        w = s ** 2 + iso_std ** 2
-        total = float((s ** 2).sum()) + d * iso_std ** 2
-    cum = torch.cumsum(w, 0) / total
-    k = min(int(torch.searchsorted(cum, torch.tensor(share, dtype=cum.dtype))) + 1, len(w))
-    return (v[:, :k] * w[:k].sqrt()).float(), k
+    col = f.pow(2).sum(0)
+    total = float(col.sum()) + d * iso_std ** 2
+    cum = torch.cumsum(col + iso_std ** 2, 0) / total
+    rank = max(int((col > float(col[0]) * 1e-12).sum()), 1)  # a thin factor's null columns have no direction
+    k = min(int(torch.searchsorted(cum, torch.tensor(share, dtype=cum.dtype))) + 1, rank)
+    kept = factor[:, :k]
+    if iso_std > 0:  # the isotropic part's variance along the kept directions
+        kept = f[:, :k] * ((col[:k] + iso_std ** 2) / col[:k]).sqrt()
+    return kept.float(), k
 
 
 @family("pca", "the class Gaussian on its top principal components, keeping `pca_variance` of the variance (WEAT)",

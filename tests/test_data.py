@@ -47,7 +47,9 @@ def test_stratified_subset_is_balanced_and_deterministic():
 
 
 def test_seed_gaussians_reproduce_class_statistics():
-    """Low-rank branch (n < 3072) and Cholesky branch agree with the empirical covariance."""
+    """Low-rank branch (n < 3072) and full branch agree with the empirical covariance, and both factors
+    are principal: orthogonal columns, sorted by decreasing variance, each with its largest entry
+    positive (what the `pca` seed family slices)."""
     gen = torch.Generator().manual_seed(0)
     for n in (50, 3200):
         imgs = (torch.rand(n, 3, 32, 32, generator=gen) * 255).round().to(torch.uint8)
@@ -59,6 +61,12 @@ def test_seed_gaussians_reproduce_class_statistics():
         assert torch.allclose(mean, x.mean(0), atol=1e-10)
         assert torch.allclose(rebuilt, cov, atol=1e-8)
         assert (iso > 0) == (n - 1 < 3072)
+        gram = factor.T @ factor
+        norms = gram.diagonal()
+        assert torch.allclose(gram - torch.diag(norms), torch.zeros_like(gram), atol=1e-10)
+        assert (norms[:-1] >= norms[1:] - 1e-12).all()
+        big = factor.abs().argmax(0)
+        assert (factor.gather(0, big[None]) > 0).all()
 
 
 def test_class_seeds_have_the_class_mean_colour(prepared):
@@ -100,7 +108,7 @@ def test_offline_torchvision_source_points_at_a_local_copy(tmp_path, monkeypatch
 
 @pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason="needs ../shared/data/cifar10-jpeg.tar.gz (CI and dev machines)")
 def test_shared_archive_full_prepare(tmp_path):
-    """The offline copy: 50,000 / 10,000 images, 5,000 / 1,000 per class, Cholesky seed factors."""
+    """The offline copy: 50,000 / 10,000 images, 5,000 / 1,000 per class, full principal seed factors."""
     _, out = _prepare(tmp_path, SHARED_ARCHIVE)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["n_train"] == 50000 and manifest["n_test"] == 10000
@@ -110,4 +118,18 @@ def test_shared_archive_full_prepare(tmp_path):
     seeds = data.load_seeds(out)
     f = seeds["classes"][0]["factor"]
     assert f.shape == (3072, 3072) and f.dtype == torch.float32 and seeds["classes"][0]["iso_std"] == 0.0
+    norms = f.double().pow(2).sum(0)
+    assert (norms[:-1] >= norms[1:] * (1 - 1e-5)).all() and norms[-1] > 0  # principal, and Σ + ridge·I is full rank
     assert math.isclose(seeds["ridge"], 1e-4)
+
+
+def test_a_seed_file_from_before_principal_factors_is_refused_in_one_line(prepared, tmp_path):
+    """seeds.pt of an older `cem prepare` held Cholesky factors: they draw the same Gaussian, but the `pca`
+    seed family would slice them as if they were principal components. Refused, with the fix."""
+    tmp, _ = prepared
+    old = data.load_seeds(tmp / "data")
+    old.pop("factors")
+    (tmp_path / "d").mkdir()
+    torch.save(old, tmp_path / "d" / "seeds.pt")
+    with pytest.raises(CemError, match="older `cem prepare`.*run `cem prepare` again"):
+        data.load_seeds(tmp_path / "d")

@@ -104,3 +104,28 @@ def test_seed_knobs_are_refused_in_one_line_when_wrong():
                              ({"pgd_cond": {"seeds": "data_jitter", "condition": "kmeans"}}, "no classes of images")):
         with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace(".", r"\.")):
             parse({"sample": section})
+
+
+def test_pca_state_is_the_eigendecomposition_truncated_without_decomposing_in_the_stage(trained, monkeypatch):
+    """The PCA seeds of a stage equal Σ's top components computed from scratch (float64 eigh), while the
+    stage itself runs no decomposition: `cem prepare` stored principal factors, which it only slices."""
+    _, (_, _, gaussian, _) = _ctx(trained, "cs", steps=0)
+
+    def refuse(*a, **k):
+        raise AssertionError("the pca family decomposed a matrix in the sampling stage")
+    for fn in ("eigh", "svd", "eigvalsh"):
+        monkeypatch.setattr(torch.linalg, fn, refuse)
+    _, (_, _, state, _) = _ctx(trained, "cs", seeds="pca", pca_variance=0.8, steps=0)
+    monkeypatch.undo()
+    for c in (0, 6):
+        g, p = gaussian["classes"][c], state["classes"][c]
+        f, iso = g["factor"].double(), float(g["iso_std"])
+        sigma = f @ f.T
+        sigma.diagonal().add_(iso ** 2)
+        w, v = torch.linalg.eigh(sigma)
+        w, v = w.flip(0), v.flip(1)
+        k = int((torch.cumsum(w, 0) / w.sum() < 0.8).sum()) + 1
+        assert p["components"] == k
+        ref = (v[:, :k] * w[:k]) @ v[:, :k].T
+        got = p["factor"].double() @ p["factor"].double().T
+        assert torch.allclose(got, ref, atol=1e-5 * float(w[0]))
