@@ -4,6 +4,9 @@
 #
 #   scripts/gpu_acceptance.sh OUT            # on the GPU machine: bench.gpu --quick, then the gpu profile
 #   scripts/gpu_acceptance.sh --tiny OUT     # anywhere: bench.gpu --tiny, then the smoke profile
+#   scripts/gpu_acceptance.sh [--tiny] --resume OUT   # a later call on the same (warm) machine: continue
+#                                            # the DAG the last call stopped at its deadline (DVC skips
+#                                            # what is done), and summarise both calls together
 #
 # Steps: (1) install the wheels the GPU machine lacks from .gpu/whl (scripts/gpu_prep.sh made them);
 # (2) the Inception trunk: found installed, or assembled from the parts scripts/gpu_prep.sh split it
@@ -17,8 +20,9 @@
 # Time: CEM_ACCEPT_SECONDS (default 540) bounds the whole run; dvc repro gets what the bench left
 # minus CEM_ACCEPT_RESERVE seconds (default 45) for the summary, and is stopped at that deadline.
 set -uo pipefail
-tiny=0
+tiny=0; resume=0
 if [ "${1:-}" = "--tiny" ]; then tiny=1; shift; fi
+if [ "${1:-}" = "--resume" ]; then resume=1; shift; fi
 OUT=${1:?usage: scripts/gpu_acceptance.sh [--tiny] OUT_DIR}
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +30,14 @@ T0=$(date +%s)
 BUDGET=${CEM_ACCEPT_SECONDS:-540}
 RESERVE=${CEM_ACCEPT_RESERVE:-45}
 STAGE=${CEM_STAGE:-/tmp/cem-stage}
+# the run's state, kept between calls on a warm machine: the scratch project, stage times, DAG seconds
+ACC=${CEM_ACCEPT_WORK:-/tmp/cem-accept}
+if [ $resume = 1 ]; then
+  [ -f "$ACC/started" ] || { echo "gpu_acceptance: nothing to resume in $ACC (run without --resume first)"; exit 2; }
+else
+  rm -rf "$ACC"; mkdir -p "$ACC"; : > "$ACC/stages.tsv"; echo 0 > "$ACC/dag_seconds"; echo 0 > "$ACC/calls"
+fi
+echo $(( $(cat "$ACC/calls") + 1 )) > "$ACC/calls"
 LOG="$OUT/acceptance.log"
 exec > >(tee -a "$LOG") 2>&1
 say() { echo "[acceptance +$(( $(date +%s) - T0 ))s] $*"; }
@@ -40,19 +52,21 @@ if [ -d "$WHEELS" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
     "$WHEELS"/*.whl || { say "FAILED: wheel install"; exit 1; }
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+elif [ $resume = 1 ] && [ -f "$ACC/site" ]; then  # the wheels the first call installed (not carried again)
+  export PYTHONPATH="$(cat "$ACC/site")${PYTHONPATH:+:$PYTHONPATH}"
 fi
+[ -d "$WHEELS" ] && echo "$SITE" > "$ACC/site"
 BIN=$(mktemp -d)
 PY=$(command -v python3)
 # the stages as dvc.yaml calls them (`cem ...`), each one timed into stages.tsv
 cat > "$BIN/cem" <<EOF
 #!/usr/bin/env bash
 s=\$(date +%s%N); "$PY" -m stages.cli "\$@"; rc=\$?
-printf '%s\t%s\t%s\n' "\$*" "\$(( (\$(date +%s%N) - s) / 1000000 ))" "\$rc" >> "$OUT/stages.tsv"; exit \$rc
+printf '%s\t%s\t%s\n' "\$*" "\$(( (\$(date +%s%N) - s) / 1000000 ))" "\$rc" >> "$ACC/stages.tsv"; exit \$rc
 EOF
 printf '#!/usr/bin/env bash\nexec "%s" -m dvc "$@"\n' "$PY" > "$BIN/dvc"
 chmod +x "$BIN/cem" "$BIN/dvc"
 export PATH="$BIN:$PATH"
-: > "$OUT/stages.tsv"
 
 # (2) the Inception trunk
 notes=()
@@ -69,19 +83,26 @@ else
   say "${notes[-1]}"
 fi
 
-# (3) the project in a scratch folder, a git repository for DVC
-WORK=$(mktemp -d)/project
-mkdir -p "$WORK"
-(cd "$ROOT" && tar --exclude=./.gpu --exclude=./.venv --exclude=./.git --exclude=./mlruns --exclude=./mlflow.db \
-   --exclude=./data --exclude=./models --exclude=./samples --exclude=./scores --exclude=./refstats \
-   --exclude=./reports --exclude=./.cache --exclude='./file:' --exclude=./.pytest_cache -cf - .) | (cd "$WORK" && tar -xf -)
-cd "$WORK"
-if command -v git >/dev/null; then
-  git init -q . && git add -A >/dev/null && git -c user.name=acceptance -c user.email=acceptance@localhost \
-    commit -qm "acceptance run" || { say "FAILED: git init of the scratch copy"; exit 1; }
-else  # DVC without git (no experiments, which this run does not use)
-  printf '[core]\n    no_scm = true\n' >> .dvc/config.local
-  notes+=("no git on this machine: DVC ran with core.no_scm")
+# (3) the project in a scratch folder, a git repository for DVC (a resumed call finds it as it was left)
+WORK=$ACC/project
+if [ $resume = 1 ]; then
+  cd "$WORK" || exit 1
+  rm -f .dvc/tmp/rwlock .dvc/tmp/lock  # the last call's dvc was stopped (with its whole process group)
+  notes+=("resumed: call $(cat "$ACC/calls") of this run; the DAG time and stage rows cover every call")
+else
+  mkdir -p "$WORK"
+  (cd "$ROOT" && tar --exclude=./.gpu --exclude=./.venv --exclude=./.git --exclude=./mlruns --exclude=./mlflow.db \
+     --exclude=./data --exclude=./models --exclude=./samples --exclude=./scores --exclude=./refstats \
+     --exclude=./reports --exclude=./.cache --exclude='./file:' --exclude=./.pytest_cache -cf - .) | (cd "$WORK" && tar -xf -)
+  cd "$WORK"
+  if command -v git >/dev/null; then
+    git init -q . && git add -A >/dev/null && git -c user.name=acceptance -c user.email=acceptance@localhost \
+      commit -qm "acceptance run" || { say "FAILED: git init of the scratch copy"; exit 1; }
+  else  # DVC without git (no experiments, which this run does not use)
+    printf '[core]\n    no_scm = true\n' >> .dvc/config.local
+    notes+=("no git on this machine: DVC ran with core.no_scm")
+  fi
+  touch "$ACC/started"
 fi
 export MLFLOW_TRACKING_URI="sqlite:///$WORK/mlflow.db"
 if ! "$PY" -c "import sqlalchemy" 2>/dev/null; then  # mlflow-skinny has no sqlite store
@@ -97,15 +118,21 @@ fi
 if [ $tiny = 1 ]; then bench=(--tiny); profile=smoke; else bench=(--quick); profile=gpu; fi
 if [ $tiny = 0 ] && [ -f "$STAGE/bench.json" ]; then  # it ran in the first staging call (scripts/gpu_stage.sh 1)
   cp "$STAGE/bench.json" "$OUT/bench.json"; say "bench.gpu --quick: from the staging call"
+elif [ $resume = 1 ]; then
+  [ -f "$ACC/bench.json" ] && cp "$ACC/bench.json" "$OUT/bench.json"; say "bench.gpu: from the first call"
 else
   say "bench.gpu ${bench[*]}"
   timeout $(( $(left) / 4 )) "$PY" -m bench.gpu "${bench[@]}" --out "$OUT/bench.json" || notes+=("bench.gpu did not finish (exit $?)")
+  [ -f "$OUT/bench.json" ] && cp "$OUT/bench.json" "$ACC/bench.json"
 fi
 
 # (5) the profile end to end through dvc
 DATA=${CEM_DATA:-}
 [ -z "$DATA" ] && for f in "$ROOT/.gpu/cifar10-jpeg.tar.gz" "$ROOT/../shared/data/cifar10-jpeg.tar.gz"; do [ -f "$f" ] && DATA=$f && break; done
-sets=(--set "data.source=${DATA:?no CIFAR-10 archive: set CEM_DATA}")
+if [ $resume = 0 ]; then  # kept with the run: a resumed call need not carry the archive again
+  cp "${DATA:?no CIFAR-10 archive: set CEM_DATA}" "$ACC/cifar10-jpeg.tar.gz" || exit 1
+fi
+sets=(--set "data.source=$ACC/cifar10-jpeg.tar.gz")
 [ ${#notes[@]} -gt 0 ] && [[ "${notes[0]}" == NO\ INCEPTION* ]] && sets+=(--set score.inception=false)
 cem profile $profile "${sets[@]}" || { say "FAILED: cem profile"; exit 1; }
 DEADLINE=$(( $(left) - RESERVE ))
@@ -113,9 +140,10 @@ say "dvc repro (profile $profile), deadline ${DEADLINE}s"
 d0=$(date +%s)
 timeout --signal=TERM --kill-after=15 "$DEADLINE" dvc repro > "$OUT/dvc.log" 2>&1
 rc=$?
-dag_s=$(( $(date +%s) - d0 ))
-[ $rc = 0 ] || notes+=("dvc repro exit $rc after ${dag_s}s (124: stopped at the deadline)")
-say "dvc repro: exit $rc in ${dag_s}s"
+call_s=$(( $(date +%s) - d0 ))
+dag_s=$(( $(cat "$ACC/dag_seconds") + call_s )); echo $dag_s > "$ACC/dag_seconds"
+[ $rc = 0 ] || notes+=("dvc repro exit $rc after ${call_s}s in this call (124: stopped at the deadline)")
+say "dvc repro: exit $rc in ${call_s}s (${dag_s}s over $(cat "$ACC/calls") call(s))"
 
 # (6) torch.compile cold vs warm: the compiled ResNet-18 PGD-3 step in a new process twice, sharing the
 # on-disk cache: the first compiles from cold (unless a compiled stage filled the cache), the second reads it
@@ -127,6 +155,7 @@ if [ $tiny = 0 ]; then
 fi
 
 # the summary (at most 8 files come back from the GPU machine)
+cp "$ACC/stages.tsv" "$OUT/stages.tsv"
 "$PY" "$ROOT/scripts/gpu_acceptance_summary.py" --work "$WORK" --out "$OUT" --dag-seconds "$dag_s" --dag-exit "$rc" \
   --total-seconds $(( $(date +%s) - T0 )) --profile $profile "${notes[@]/#/--note=}"
 say "done: $(ls "$OUT" | tr '\n' ' ')"
