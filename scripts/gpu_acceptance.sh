@@ -17,6 +17,7 @@
 # (6) warm torch.compile: the compiled ResNet-18 PGD-3 step again, in a new process, with the cache
 # the training filled. Everything kept goes to OUT in at most 8 files.
 #
+# Data: CEM_DATA (default .gpu/ or ../shared/data/cifar10-jpeg.tar.gz); CEM_ACCEPT_SETS adds overrides.
 # Time: CEM_ACCEPT_SECONDS (default 540) bounds the whole run; dvc repro gets what the bench left
 # minus CEM_ACCEPT_RESERVE seconds (default 45) for the summary, and is stopped at that deadline.
 set -uo pipefail
@@ -129,10 +130,14 @@ fi
 # (5) the profile end to end through dvc
 DATA=${CEM_DATA:-}
 [ -z "$DATA" ] && for f in "$ROOT/.gpu/cifar10-jpeg.tar.gz" "$ROOT/../shared/data/cifar10-jpeg.tar.gz"; do [ -f "$f" ] && DATA=$f && break; done
-if [ $resume = 0 ]; then  # kept with the run: a resumed call need not carry the archive again
-  cp "${DATA:?no CIFAR-10 archive: set CEM_DATA}" "$ACC/cifar10-jpeg.tar.gz" || exit 1
+if [ $resume = 0 ]; then  # kept with the run (an archive or an image folder): a resumed call need not carry it
+  SRC="$ACC/source-$(basename "${DATA:?no CIFAR-10 archive: set CEM_DATA}")"
+  cp -r "$DATA" "$SRC" || exit 1
+  echo "$SRC" > "$ACC/source"
 fi
-sets=(--set "data.source=$ACC/cifar10-jpeg.tar.gz")
+sets=(--set "data.source=$(cat "$ACC/source")")
+# CEM_ACCEPT_SETS: more `key=value` overrides for `cem profile` (e.g. another dataset; the tests use it)
+for kv in ${CEM_ACCEPT_SETS:-}; do sets+=(--set "$kv"); done
 [ ${#notes[@]} -gt 0 ] && [[ "${notes[0]}" == NO\ INCEPTION* ]] && sets+=(--set score.inception=false)
 cem profile $profile "${sets[@]}" || { say "FAILED: cem profile"; exit 1; }
 DEADLINE=$(( $(left) - RESERVE ))

@@ -1,5 +1,8 @@
 """scripts/gpu_acceptance.sh, the one command spent on a lent GPU (issue 20), runs here at tiny size
-(bench.gpu --tiny, the smoke profile through dvc repro), so that it cannot rot between GPU loans."""
+(bench.gpu --tiny, the smoke profile through dvc repro), so that it cannot rot between GPU loans. Its DAG
+runs on CIFAR-100-shaped data, so the same run is also the whole-DAG check of a dataset that is not
+CIFAR-10 (100 classes, heads, seeds per class, no paper numbers): one smoke DAG for both, for CI time."""
+import json
 import os
 import re
 import subprocess
@@ -8,20 +11,26 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from pipeline import data
+from pipeline.datasets import DATASETS
+from tests.conftest import ROOT, write_image_folder
 
 pytestmark = pytest.mark.slow
 
 
-def test_acceptance_script_runs_end_to_end_at_tiny_size_over_two_calls(tmp_path):
+def test_acceptance_script_runs_end_to_end_at_tiny_size_over_two_calls_on_another_dataset(tmp_path):
     """The first call stops the DAG at its deadline; the second (`--resume`, as on a warm lent machine)
-    finishes it without re-running a finished stage, and summarises both calls."""
+    finishes it without re-running a finished stage, and summarises both calls. The data: CIFAR-100's
+    shape (synthetic images, 10 / 5 per class: the DAG's plumbing, not its numbers)."""
     out1, out = tmp_path / "out1", tmp_path / "out"
+    name, spec = "cifar100", DATASETS["cifar100"]
+    source = write_image_folder(tmp_path / "images", 10, 5, num_classes=spec.num_classes)
     before = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "CEM_WHEELS": str(tmp_path / "no-wheels"),  # the installed environment, not a GPU machine's wheels
            "CEM_STAGE": str(tmp_path / "stage"), "CEM_ACCEPT_WORK": str(tmp_path / "accept"),
-           "CEM_DATA": str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")}
+           "CEM_DATA": str(source),
+           "CEM_ACCEPT_SETS": f"data.name={name} data.train_per_class=10 data.test_per_class=5"}
     script = str(ROOT / "scripts" / "gpu_acceptance.sh")
     nothing = subprocess.run(["bash", script, "--tiny", "--resume", str(tmp_path / "out0")], env=env,
                              capture_output=True, text=True, timeout=60)
@@ -50,3 +59,15 @@ def test_acceptance_script_runs_end_to_end_at_tiny_size_over_two_calls(tmp_path)
     assert "Running stage 'report'" in (out / "acceptance.log").read_text()  # dvc's log folded in
     after = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
     assert after == before  # the run works in a scratch copy: the checkout is untouched
+    # the dataset: every stage read its facts from the registry entry
+    repo = tmp_path / "accept" / "project"
+    manifest = data.read_manifest(repo / "data" / "prepared")
+    assert manifest["dataset"] == name and len(manifest["classes"]) == spec.num_classes
+    from pipeline.checkpoints import load_model_file
+    assert load_model_file(repo / "models" / "sup" / "model.pt")["num_classes"] == spec.num_classes  # heads sized
+    assert load_model_file(repo / "models" / "ref" / "model.pt")["num_classes"] == spec.num_classes
+    report = (repo / "reports" / "results.md").read_text()
+    assert f"Dataset: **{name}** ({spec.num_classes} classes)" in report
+    assert not re.search(r"\| 9\.80 \| 55\.91 \|", report)  # no CIFAR-10 paper numbers beside another dataset
+    assert "## Settings and how they were chosen" in report and "held-out tuning" in report  # tune@ ran in the DAG
+    assert json.loads((repo / "tune" / "rcs_pca_momentum.json").read_text())["chosen"]["steps"] in (0, 2, 4)
