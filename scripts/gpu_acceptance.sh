@@ -48,15 +48,16 @@ export PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1
 # (1) packages: on the GPU machine from carried wheels, elsewhere the installed environment
 SITE=${CEM_SITE:-/tmp/cem-site}
 WHEELS=${CEM_WHEELS:-$ROOT/.gpu/whl}
-if [ -d "$WHEELS" ]; then
+if [ $resume = 1 ] && [ -f "$ACC/site" ]; then  # the wheels the first call installed: not installed again
+  export PYTHONPATH="$(cat "$ACC/site")${PYTHONPATH:+:$PYTHONPATH}"
+  say "packages: the first call's, in $(cat "$ACC/site")"
+elif [ -d "$WHEELS" ]; then
   say "installing $(ls "$WHEELS"/*.whl | wc -l) carried wheels into $SITE"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
     "$WHEELS"/*.whl || { say "FAILED: wheel install"; exit 1; }
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-elif [ $resume = 1 ] && [ -f "$ACC/site" ]; then  # the wheels the first call installed (not carried again)
-  export PYTHONPATH="$(cat "$ACC/site")${PYTHONPATH:+:$PYTHONPATH}"
+  echo "$SITE" > "$ACC/site"
 fi
-[ -d "$WHEELS" ] && echo "$SITE" > "$ACC/site"
 BIN=$(mktemp -d)
 PY=$(command -v python3)
 # the stages as dvc.yaml calls them (`cem ...`), each one timed into stages.tsv
