@@ -92,10 +92,8 @@ def pca_factor(factor, iso_std: float, share: float):
     cum = torch.cumsum(col + iso_std ** 2, 0) / total
     rank = max(int((col > float(col[0]) * 1e-12).sum()), 1)  # a thin factor's null columns have no direction
     k = min(int(torch.searchsorted(cum, torch.tensor(share, dtype=cum.dtype))) + 1, rank)
-    kept = factor[:, :k]
-    if iso_std > 0:  # the isotropic part's variance along the kept directions
-        kept = f[:, :k] * ((col[:k] + iso_std ** 2) / col[:k]).sqrt()
-    return kept.float(), k
+    # each kept column rescaled to carry the isotropic part too (a factor of exactly 1 when s = 0)
+    return (f[:, :k] * ((col[:k] + iso_std ** 2) / col[:k]).sqrt()).float(), k
 
 
 @family("pca", "the class Gaussian on its top principal components, keeping `pca_variance` of the variance (WEAT)",
