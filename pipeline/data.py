@@ -24,6 +24,7 @@ from .datasets import DatasetSpec, require_dataset
 from .errors import CemError
 from .files import atomic_torch_save, atomic_write_text, sha256_file
 from .rng import draw_device
+from .timing import timed
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 OFFLINE_HINT = ("point data.source at a local copy, e.g. "
@@ -302,6 +303,7 @@ def draw_seeds(seeds: dict, n: int, gen: torch.Generator, condition: Optional[to
     return out.clamp_(0, 1).view(n, 3, 32, 32)
 
 
+@timed("load")
 def load_dataset(out_dir: str | Path) -> Dataset:
     path = Path(out_dir) / "dataset.pt"
     if not path.exists():
@@ -314,6 +316,7 @@ def load_dataset(out_dir: str | Path) -> Dataset:
         raise CemError(f"{path} is not a dataset written by `cem prepare` ({exc.__class__.__name__})") from None
 
 
+@timed("load")
 def load_seeds(out_dir: str | Path) -> dict[str, torch.Tensor]:
     path = Path(out_dir) / "seeds.pt"
     if not path.exists():

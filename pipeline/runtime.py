@@ -10,9 +10,15 @@ from torch import nn
 from . import distributed
 from .errors import CemError
 from .params import DeviceParams, RuntimeParams
+from .timing import phase
 
 
 def setup_runtime(runtime: DeviceParams) -> torch.device:
+    with phase("runtime"):
+        return _setup_runtime(runtime)
+
+
+def _setup_runtime(runtime: DeviceParams) -> torch.device:
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
     if runtime.device == "cuda" and not torch.cuda.is_available():
@@ -29,7 +35,10 @@ def setup_runtime(runtime: DeviceParams) -> torch.device:
         torch.backends.cudnn.deterministic = runtime.deterministic
         torch.backends.cuda.matmul.allow_tf32 = not runtime.deterministic
         torch.backends.cudnn.allow_tf32 = not runtime.deterministic
-    return torch.device(f"cuda:{w.local_rank}" if use_cuda else "cpu")
+    device = torch.device(f"cuda:{w.local_rank}" if use_cuda else "cpu")
+    if use_cuda:  # the CUDA context is created here, inside this phase, rather than by whatever comes first
+        torch.zeros(1, device=device)
+    return device
 
 
 CPU_BF16_FLAGS = {"amx_bf16": "AMX-bf16", "avx512_bf16": "AVX-512-bf16"}

@@ -23,6 +23,7 @@ from .files import atomic_torch_save, atomic_write_text, sha256_file
 from .errors import CemError
 from .params import ControlParams, ResolvedSamplerParams, RuntimeParams
 from .runtime import amp_decision, maybe_compile
+from .timing import phase
 from .progress import log, progress_bar
 from .files import read_json_file
 from .sample_files import (CONTROLS_FILE, IMAGE_SHAPE, load_sample_file, load_shards, provenance, shard_expectation,
@@ -119,8 +120,9 @@ def _reset_if_stale(out: Path, cfg_path: Path, chash: str, name: str, rp: Resolv
 def run_sampling(name: str, rp: ResolvedSamplerParams, model_path: Path, data_dir: str, out_dir: Path,
                  device, controls: Optional[ControlParams] = None, run=None,
                  runtime: Optional[RuntimeParams] = None) -> dict:
-    sampler, ctx, seeds, blob = prepare_context(name, rp, model_path, data_dir, device, runtime)
-    model_sha = sha256_file(model_path)
+    with phase("load"):
+        sampler, ctx, seeds, blob = prepare_context(name, rp, model_path, data_dir, device, runtime)
+        model_sha = sha256_file(model_path)
     amp, why = amp_decision(runtime, device) if runtime is not None else (False, "fp32")
     if run is not None:
         run.set_tags({"runtime.amp": why})
@@ -137,7 +139,8 @@ def run_sampling(name: str, rp: ResolvedSamplerParams, model_path: Path, data_di
     per_shard_batches = rp.shard_size // rp.batch_size
     j_sums, generated, t0 = {"first": 0.0, "last": 0.0}, 0, time.perf_counter()
     mine = range(w.rank, n_shards, w.size)  # shard s belongs to rank s mod world size
-    with progress_bar(f"sample {name}", sum(min(rp.shard_size, rp.n - s * rp.shard_size) for s in mine)) as advance:
+    with phase("sample"), \
+            progress_bar(f"sample {name}", sum(min(rp.shard_size, rp.n - s * rp.shard_size) for s in mine)) as advance:
         for s in mine:
             path = out / f"shard-{s:05d}.pt"
             start_s = s * rp.shard_size
@@ -176,8 +179,10 @@ def run_sampling(name: str, rp: ResolvedSamplerParams, model_path: Path, data_di
     distributed.barrier()
     if not w.main:
         return {}
-    write_controls(out, name, sampler, ctx, seeds, rp, controls or ControlParams(), chash, device, amp)
-    grid = write_grid(out, sampler.conditional, ctx.num_classes)
+    with phase("controls"):
+        write_controls(out, name, sampler, ctx, seeds, rp, controls or ControlParams(), chash, device, amp)
+    with phase("grid"):
+        grid = write_grid(out, sampler.conditional, ctx.num_classes)
     first, last, counted = _objective_sums(out)
     stats = {
         "sampler": name, "formula": sampler.formula, "n": rp.n, "shards": n_shards,

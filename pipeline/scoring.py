@@ -20,6 +20,7 @@ from .metrics import (Judge, ReferenceStats, Space, extract, fid_bootstrap_sd, i
                       spaces, write_reference_stats)
 from .params import ScoreParams
 from .progress import log
+from .timing import phase, timed
 
 
 def reference_images(data_dir: str, sp: ScoreParams, ds=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -173,6 +174,7 @@ class ScoreInputs:
     config: dict  # the sample folder's config.json: the settings the samples were made with
 
 
+@timed("load")
 def score_inputs(name: str, samples_dir: str, data_dir: str, sp: ScoreParams) -> ScoreInputs:
     """The sample folder (complete and of one run: `checked_samples`), the reference images, the
     judge and every enabled space's reference statistics, each refused in one line if wrong."""
@@ -202,27 +204,28 @@ def score_samples(inputs: ScoreInputs, sp: ScoreParams, device: torch.device, ru
     out["sampler_config"] = {k: v for k, v in inputs.config.items()  # the settings the report states
                              if k in ("steps", "step_size", "momentum", "seeds", "pca_variance", "noise_std", "eps")}
     for space, ref in inputs.refs:
-        for row, (imgs, labs) in rows.items():
-            feats = extract(space, imgs, sp.batch_size, device, f"score {name} {row}")
-            metrics = metrics_from_features(feats, ref, space, sp.kid_subset_size)
-            if row == "samples":  # the noise the report's orderings are judged against
-                metrics["fid_sd"] = fid_bootstrap_sd(feats[space.fid_layer], ref, device=device)
-                if space.isc_layer is not None:
-                    metrics["is_sd"] = is_bootstrap_sd(feats[space.isc_layer])
-            if space.name == "classifier":
-                if conditional:
-                    metrics["target_acc"] = 100.0 * float((feats["logits"].argmax(1) == labs).double().mean())
-                metrics["diversity"] = mean_pairwise_distance(feats["features"], labs if conditional else None)
-            else:
-                metrics["extractor"] = space.extractor
-                if space.isc_layer is None:
-                    metrics["is_note"] = "Inception IS unavailable offline (the trunk has no classifier)"
-            out.setdefault(row, {})[space.name] = metrics
-        if space.name == "classifier":  # the yardstick: as many real images, drawn across all classes
-            pick = torch.randperm(len(ref_images), generator=torch.Generator().manual_seed(sp.seed))[:len(images)]
-            real = extract(space, ref_images[pick], sp.batch_size, device, "real diversity",
-                           layers=("features",))["features"]
-            out["real_diversity"] = mean_pairwise_distance(real, ref_labels[pick] if conditional else None)
+        with phase(f"score_{space.name}"):  # its extractor's load, features, metrics, bootstrap
+            for row, (imgs, labs) in rows.items():
+                feats = extract(space, imgs, sp.batch_size, device, f"score {name} {row}")
+                metrics = metrics_from_features(feats, ref, space, sp.kid_subset_size)
+                if row == "samples":  # the noise the report's orderings are judged against
+                    metrics["fid_sd"] = fid_bootstrap_sd(feats[space.fid_layer], ref, device=device)
+                    if space.isc_layer is not None:
+                        metrics["is_sd"] = is_bootstrap_sd(feats[space.isc_layer])
+                if space.name == "classifier":
+                    if conditional:
+                        metrics["target_acc"] = 100.0 * float((feats["logits"].argmax(1) == labs).double().mean())
+                    metrics["diversity"] = mean_pairwise_distance(feats["features"], labs if conditional else None)
+                else:
+                    metrics["extractor"] = space.extractor
+                    if space.isc_layer is None:
+                        metrics["is_note"] = "Inception IS unavailable offline (the trunk has no classifier)"
+                out.setdefault(row, {})[space.name] = metrics
+            if space.name == "classifier":  # the yardstick: as many real images, drawn across all classes
+                pick = torch.randperm(len(ref_images), generator=torch.Generator().manual_seed(sp.seed))[:len(images)]
+                real = extract(space, ref_images[pick], sp.batch_size, device, "real diversity",
+                               layers=("features",))["features"]
+                out["real_diversity"] = mean_pairwise_distance(real, ref_labels[pick] if conditional else None)
     if not sp.inception:
         out.setdefault("samples", {})["inception"] = "disabled"
     warnings: list[str] = []

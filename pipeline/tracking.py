@@ -16,6 +16,7 @@ from typing import Any, Iterator, Optional
 from pydantic import BaseModel
 
 from .errors import CemError
+from .timing import phase, tracking_metrics
 
 MAX_PARAM_LEN = 500
 
@@ -128,6 +129,36 @@ def stage_run(experiment: str, stage: str, params: Any, upstream: Optional[dict[
     if not world().main:
         yield NullRun()
         return
+    with phase("mlflow"):  # importing MLflow included
+        active = _open_run(experiment, stage, upstream, tags)
+    import mlflow
+    status = "FAILED"
+    try:
+        with phase("mlflow"), _store("logging params"):
+            items = list(flatten(params).items())
+            for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                mlflow.log_params(dict(items[i:i + 100]))
+        yield StageRun(active)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        with phase("mlflow"):
+            _close_run(status)
+
+
+def _close_run(status: str) -> None:
+    """The stage's time so far (pipeline.timing) goes on the run, then the run ends with `status`."""
+    import mlflow
+    try:
+        mlflow.log_metrics(tracking_metrics())
+        mlflow.end_run(status)
+    except Exception:
+        pass  # the store is what failed: the stage's own error is the one to report
+
+
+def _open_run(experiment: str, stage: str, upstream: Optional[dict[str, str]], tags: Optional[dict[str, str]]):
     _quiet_mlflow()
     import mlflow
     _quiet_mlflow()  # again: importing mlflow resets its loggers to INFO
@@ -140,20 +171,4 @@ def stage_run(experiment: str, stage: str, params: Any, upstream: Optional[dict[
     all_tags.update({f"upstream.{k}": v for k, v in (upstream or {}).items() if v})
     all_tags.update(tags or {})
     with _store("starting a run"):
-        active = mlflow.start_run(run_name=stage, tags=all_tags, log_system_metrics=False)
-    status = "FAILED"
-    try:
-        with _store("logging params"):
-            items = list(flatten(params).items())
-            for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-                mlflow.log_params(dict(items[i:i + 100]))
-        yield StageRun(active)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        try:
-            mlflow.end_run(status)
-        except Exception:
-            pass  # the store is what failed: the stage's own error is the one to report
+        return mlflow.start_run(run_name=stage, tags=all_tags, log_system_metrics=False)

@@ -27,6 +27,7 @@ from .data import Dataset
 from .files import atomic_torch_save, atomic_write_text
 from .errors import CemError, DivergenceError
 from .params import OptimParams, SupervisedParams, UnsupervisedParams, section_hash
+from .timing import phase
 from .progress import log, progress_bar
 from .recipes import ContrastiveRecipe, SupervisedRecipe
 from .runtime import setup_runtime
@@ -137,7 +138,7 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
     perm_epoch, perm = -1, None
     t0, seen = time.perf_counter(), 0
     first_step_s, first_seen = 0.0, 0
-    with progress_bar(spec.stage, total - start) as advance:
+    with phase("loop"), progress_bar(spec.stage, total - start) as advance:
         for step in range(start, total):
             epoch, pos = divmod(step, steps_per_epoch)
             if epoch != perm_epoch:
@@ -183,7 +184,8 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
     if not w.main:
         return {}
     t_eval = time.perf_counter()
-    final = spec.evaluate(True)
+    with phase("final_eval"):
+        final = spec.evaluate(True)
     final["final_eval_seconds"] = round(time.perf_counter() - t_eval, 1)  # where a stage's time goes (GPU budget)
     spec.history.append({"step": total, "epoch": round(total / steps_per_epoch, 3), "train_loss": loss.item(),
                          **{k: v for k, v in final.items()

@@ -36,7 +36,7 @@ ACC=${CEM_ACCEPT_WORK:-/tmp/cem-accept}
 if [ $resume = 1 ]; then
   [ -f "$ACC/started" ] || { echo "gpu_acceptance: nothing to resume in $ACC (run without --resume first)"; exit 2; }
 else
-  rm -rf "$ACC"; mkdir -p "$ACC"; : > "$ACC/stages.tsv"; echo 0 > "$ACC/dag_seconds"; echo 0 > "$ACC/calls"
+  rm -rf "$ACC"; mkdir -p "$ACC"; : > "$ACC/stages.tsv"; : > "$ACC/stage_times.jsonl"; echo 0 > "$ACC/dag_seconds"; echo 0 > "$ACC/calls"
 fi
 echo $(( $(cat "$ACC/calls") + 1 )) > "$ACC/calls"
 LOG="$OUT/acceptance.log"
@@ -111,6 +111,7 @@ if ! "$PY" -c "import sqlalchemy" 2>/dev/null; then  # mlflow-skinny has no sqli
   export MLFLOW_TRACKING_URI="file://$WORK/mlruns" MLFLOW_ALLOW_FILE_STORE=true
 fi
 export TORCHINDUCTOR_CACHE_DIR="$WORK/.cache/torch-compile"
+export CEM_STAGE_TIMES="$ACC/stage_times.jsonl"  # each stage's start-up and phases (pipeline/timing.py)
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader > "$OUT/nvidia-smi.txt" 2>&1
 fi
@@ -161,7 +162,7 @@ if [ $tiny = 0 ]; then
 fi
 
 # the summary (at most 8 files come back from the GPU machine)
-cp "$ACC/stages.tsv" "$OUT/stages.tsv"
+cp "$ACC/stages.tsv" "$OUT/stages.tsv"; cp "$ACC/stage_times.jsonl" "$OUT/stage_times.jsonl" 2>/dev/null || :
 "$PY" "$ROOT/scripts/gpu_acceptance_summary.py" --work "$WORK" --out "$OUT" --dag-seconds "$dag_s" --dag-exit "$rc" \
   --total-seconds $(( $(date +%s) - T0 )) --profile $profile "${notes[@]/#/--note=}"
 say "done: $(ls "$OUT" | tr '\n' ' ')"

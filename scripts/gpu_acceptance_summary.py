@@ -39,6 +39,48 @@ def stage_rows(out: Path) -> list[tuple[str, float, int]]:
     return rows
 
 
+FIXED_PHASES = ("startup", "runtime", "mlflow")  # what every stage process pays, whatever its size
+
+
+def stage_phases(out: Path) -> list[dict]:
+    """One row per finished stage process (pipeline/timing.py's lines): its command and seconds by phase."""
+    path = out / "stage_times.jsonl"
+    rows = []
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by the deadline
+        if isinstance(row, dict) and isinstance(row.get("seconds"), dict) and row.get("rc") == 0:
+            rows.append(row)
+    return rows
+
+
+def phase_table(rows: list[dict]) -> list[str]:
+    """Markdown: each stage's total, start-up, runtime set-up (CUDA context), MLflow, its own phases and
+    the rest, with a sum row; then the share of the DAG that the fixed parts take."""
+    if not rows:
+        return ["No stage wrote its phase times (CEM_STAGE_TIMES).", ""]
+    named = sorted({k for r in rows for k in r["seconds"]} - {"total", "other", *FIXED_PHASES})
+    cols = [*FIXED_PHASES, *named, "other"]
+    L = ["| stage | total | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    sums = dict.fromkeys(["total", *cols], 0.0)
+    for r in rows:
+        sec = r["seconds"]
+        cells = []
+        for c in ["total", *cols]:
+            v = sec.get(c)
+            sums[c] += v or 0.0
+            cells.append("" if v is None else f"{v:.1f}")
+        L.append(f"| {r['command']} | " + " | ".join(cells) + " |")
+    L.append("| **sum** | " + " | ".join(f"{sums[c]:.1f}" for c in ["total", *cols]) + " |")
+    fixed = sum(sums[c] for c in FIXED_PHASES)
+    L += ["", f"Start-up, runtime set-up and MLflow: {fixed:.1f} s of {sums['total']:.1f} s "
+              f"({100 * fixed / sums['total']:.0f} %) over {len(rows)} stage processes, "
+              f"{fixed / len(rows):.1f} s each on average." if sums["total"] else "", ""]
+    return L
+
+
 def yaml_or_none(path: Path):
     """The params the run used (scripts/gpu_record.py records them beside the stage times)."""
     try:
@@ -129,12 +171,17 @@ def main(argv=None) -> int:
     L += ["## Stages (wall time of each `cem` process, start-up included)", "", "| stage | s | exit |", "|---|---|---|"]
     L += [f"| {name} | {sec:.1f} | {rc} |" for name, sec, rc in stages]
     L += [f"| **sum** | {sum(s for _, s, _ in stages):.1f} | |", ""]
+    phases = stage_phases(out)
+    L += ["## Where each stage's time went (s; pipeline/timing.py: start-up = imports before the stage body, "
+          "runtime = device set-up incl. the CUDA context, mlflow = import + run open/close)", ""]
+    L += phase_table(phases)
     if samples:
         L += ["## Sampling rate per stage", "", "| sampler | samples/s (whole stage loop) |", "|---|---|"]
         L += [f"| {k} | {v.get('samples_per_second')} |" for k, v in samples.items() if v]
     (out / "summary.md").write_text("\n".join(L) + "\n")
     (out / "metrics.json").write_text(json.dumps(
         {"gpu": smi, "dag_seconds": a.dag_seconds, "dag_exit": a.dag_exit, "stages": stages, "facts": facts,
+         "stage_phases": phases,
          "compile_first_call_s": {"first_process": cold, "second_process": warm_s}, "compile_runs": compile_runs,
          "metrics": metrics, "scores": scores, "samples": samples,
          "params": yaml_or_none(work / "params.yaml")}, indent=1) + "\n")
@@ -149,7 +196,7 @@ def main(argv=None) -> int:
         with open(out / "acceptance.log", "a") as f:
             f.write("\n===== dvc repro output =====\n" + dvc_log.read_text()[-200_000:])
         dvc_log.unlink()
-    for extra in ("stages.tsv", "nvidia-smi.txt"):
+    for extra in ("stages.tsv", "stage_times.jsonl", "nvidia-smi.txt"):
         (out / extra).unlink(missing_ok=True)
     print((out / "summary.md").read_text())
     return 0

@@ -51,11 +51,14 @@ def main(argv=None) -> int:
          "bf16_peak_tflops": first.get("bf16_peak_tflops"), "rows": rows}, indent=1) + "\n")
     stages = {}
     metrics, samples = run.get("metrics", {}), run.get("samples", {})
+    phases = {dvc_stage(r["command"]): r["seconds"] for r in run.get("stage_phases", [])}
     for command, seconds, rc in run["stages"]:
         name = dvc_stage(command)
         if name is None or rc != 0:
             continue
         entry = {"seconds": round(seconds, 1)}
+        if name in phases:  # start-up, runtime set-up, MLflow and the stage's own phases (pipeline/timing.py)
+            entry["phases"] = phases[name]
         section = name if name.startswith("train_") else None
         if section and section in metrics:
             m = metrics[section]

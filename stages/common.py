@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline import distributed
+from pipeline import distributed, timing
 from pipeline.errors import CemError
 from pipeline.params import Params, load_params
 
@@ -36,15 +36,25 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends like Ctrl-C: outputs stay whole, run KILLED
+        timing.begin_stage()
+        rc = 1  # an unexpected exception
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            rc = 0
+            return result
         except CemError as exc:  # one line, bounded: a message never echoes a huge input
             text = " ".join(str(exc).split())
             print(f"error: {text if len(text) <= 2000 else text[:2000] + ' ...'}", file=sys.stderr)
+            rc = exc.exit_code
             raise typer.Exit(exc.exit_code)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
+            rc = 130
             raise typer.Exit(130)
+        except typer.Exit as exc:
+            rc = exc.exit_code
+            raise
         finally:
             distributed.shutdown()
+            timing.end_stage(rc)
     return wrapper

@@ -59,6 +59,13 @@ def test_acceptance_script_runs_end_to_end_at_tiny_size_over_two_calls_on_anothe
     assert [n for n in done if n.startswith("tune ")], summary  # the tune@ stages ran too
     assert {n for n, rc in stages if rc != "0"} <= set(done), summary  # an interrupted stage finished later
     assert "Running stage 'report'" in (out / "acceptance.log").read_text()  # dvc's log folded in
+    # where each finished stage's time went (pipeline/timing.py), over both calls: one row per finished stage
+    run = json.loads((out / "metrics.json").read_text())
+    phases = run["stage_phases"]
+    assert sorted(r["command"] for r in phases) == sorted(c for c, _, rc in run["stages"] if rc == 0)
+    assert set(done) <= {r["command"] for r in phases}
+    assert all(r["seconds"]["startup"] > 0 and r["seconds"]["mlflow"] > 0 for r in phases), phases
+    assert "## Where each stage's time went" in summary and "Start-up, runtime set-up and MLflow:" in summary
     after = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
     assert after == before  # the run works in a scratch copy: the checkout is untouched
     # the dataset: every stage read its facts from the registry entry

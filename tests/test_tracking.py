@@ -56,6 +56,10 @@ def test_prepare_logs_params_metrics_artifacts_to_a_real_server(mlflow_server, t
     assert run.data.params["source"] == str(image_folder)
     assert run.data.params["train_per_class"] == "5"
     assert run.data.metrics["n_train"] == 50
+    # where the stage's time went (pipeline/timing.py), on the run beside its own metrics
+    m = run.data.metrics
+    assert m["time.startup_seconds"] > 0 and m["time.mlflow_seconds"] > 0
+    assert m["time.total_seconds"] >= m["time.startup_seconds"] + m["time.mlflow_seconds"]
     assert run.data.tags["cem.stage"] == "prepare"
     manifest = (tmp_path / "data" / "manifest.json").read_text()
     assert run.info.run_id in manifest  # lineage: the output records the run that made it
