@@ -24,7 +24,7 @@ from .datasets import DatasetSpec, require_dataset
 from .errors import CemError
 from .files import atomic_torch_save, atomic_write_text, sha256_file
 from .rng import draw_device
-from .timing import timed
+from .timing import phase, timed
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 OFFLINE_HINT = ("point data.source at a local copy, e.g. "
@@ -343,10 +343,13 @@ def load_and_fit(source: str, download_dir: str, train_per_class: Optional[int],
                  ridge: float, seed: int, name: str = "cifar10") -> tuple[Dataset, dict]:
     """Read the source and fit the seeds: all the work and every check of the source, before the
     stage opens an MLflow run or writes anything."""
-    ds = read_source(source, download_dir, train_per_class, test_per_class, seed, name)
-    return ds, fit_seeds(ds.train, len(ds.classes), ridge)
+    with phase("read"):
+        ds = read_source(source, download_dir, train_per_class, test_per_class, seed, name)
+    with phase("fit_seeds"):
+        return ds, fit_seeds(ds.train, len(ds.classes), ridge)
 
 
+@timed("write")
 def write_prepared(ds: Dataset, seeds: dict, source: str, out_dir: str, train_per_class: Optional[int],
                    test_per_class: Optional[int], seed: int, run_id: str = "", name: str = "cifar10") -> dict:
     train, test = ds.train, ds.test

@@ -97,8 +97,10 @@ def compute_reference_stats(sp: ScoreParams, inputs: ReferenceInputs, device: to
     folder = Path(sp.reference_dir)
     computed = []
     for space in enabled:
-        stats = reference_stats(space, images, sp.batch_size, device, sp.seed, ident)
-        ctrl = space_controls(space, ctrl_images, ctrl_labels, stats, sp.batch_size, sp.kid_subset_size, device)
+        with phase(f"reference_{space.name}"):
+            stats = reference_stats(space, images, sp.batch_size, device, sp.seed, ident)
+        with phase(f"controls_{space.name}"):
+            ctrl = space_controls(space, ctrl_images, ctrl_labels, stats, sp.batch_size, sp.kid_subset_size, device)
         computed.append((space, stats, ctrl))
     summary, controls = {}, {}
     for space, stats, ctrl in computed:  # written only once everything is computed
