@@ -43,7 +43,7 @@ FIXED_PHASES = ("startup", "runtime", "mlflow")  # what every stage process pays
 
 
 def stage_phases(out: Path) -> list[dict]:
-    """One row per finished stage process (pipeline/timing.py's lines): its command and seconds by phase."""
+    """One row per finished DAG stage process (pipeline/timing.py's lines): its command and seconds by phase."""
     path = out / "stage_times.jsonl"
     rows = []
     for line in (path.read_text().splitlines() if path.exists() else []):
@@ -51,7 +51,8 @@ def stage_phases(out: Path) -> list[dict]:
             row = json.loads(line)
         except ValueError:
             continue  # a line cut short by the deadline
-        if isinstance(row, dict) and isinstance(row.get("seconds"), dict) and row.get("rc") == 0:
+        if isinstance(row, dict) and isinstance(row.get("seconds"), dict) and row.get("rc") == 0 \
+                and str(row.get("command", "")).split()[:1] != ["profile"]:  # the DAG's stages, not `cem profile`
             rows.append(row)
     return rows
 
