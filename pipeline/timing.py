@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, Optional
 
 STAGE_TIMES_ENV = "CEM_STAGE_TIMES"
@@ -92,6 +93,60 @@ def tracking_metrics() -> dict[str, float]:
     return {f"time.{k}_seconds": v for k, v in stage_times().items() if v is not None}
 
 
+FIXED_PHASES = ("startup", "runtime", "mlflow")  # what every stage process pays, whatever its size
+
+
+def read_stage_times(path: Path) -> list[dict]:
+    """The lines of a CEM_STAGE_TIMES file for the DAG's finished stages (not `cem profile`, not failed
+    processes); a line cut short (a process killed while writing) is skipped."""
+    rows = []
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("seconds"), dict) and row.get("rc") == 0 \
+                and str(row.get("command", "")).split()[:1] != ["profile"]:
+            rows.append(row)
+    return rows
+
+
+def phase_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: each stage's total, start-up, runtime set-up (CUDA context), MLflow, its own
+    phases and the rest, with a sum row; then the share of the whole that the fixed parts take."""
+    if not rows:
+        return ["No stage wrote its phase times (CEM_STAGE_TIMES).", ""]
+    named = sorted({k for r in rows for k in r["seconds"]} - {"total", "other", *FIXED_PHASES})
+    cols = ["total", *FIXED_PHASES, *named, "other"]
+    lines = ["| stage | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    sums = dict.fromkeys(cols, 0.0)
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r["seconds"].get(c)
+            sums[c] += v or 0.0
+            cells.append("" if v is None else f"{v:.1f}")
+        lines.append(f"| {r['command']} | " + " | ".join(cells) + " |")
+    lines.append("| **sum** | " + " | ".join(f"{sums[c]:.1f}" for c in cols) + " |")
+    fixed = sum(sums[c] for c in FIXED_PHASES)
+    if sums["total"]:
+        lines += ["", f"Start-up, runtime set-up and MLflow: {fixed:.1f} s of {sums['total']:.1f} s "
+                      f"({100 * fixed / sums['total']:.0f} %) over {len(rows)} stage processes, "
+                      f"{fixed / len(rows):.1f} s each on average."]
+    return lines + [""]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`python -m pipeline.timing FILE`: the table of a CEM_STAGE_TIMES file (e.g. after
+    `CEM_STAGE_TIMES=times.jsonl dvc repro`)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not Path(args[0]).is_file():
+        print("usage: python -m pipeline.timing FILE  (a file written with CEM_STAGE_TIMES=FILE)", file=sys.stderr)
+        return 2
+    print("\n".join(phase_table(read_stage_times(Path(args[0])))))
+    return 0
+
+
 def end_stage(rc: int) -> None:
     """Append this process's line to $CEM_STAGE_TIMES, if set (rank 0 only under torchrun). A failure
     to write it is reported on stderr and never changes the stage's own outcome."""
@@ -104,3 +159,7 @@ def end_stage(rc: int) -> None:
             f.write(line + "\n")
     except OSError as exc:
         print(f"warning: could not append stage times to {path}: {exc.strerror}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,7 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pipeline.timing import phase_table, read_stage_times  # noqa: E402
 
 TARGETS = [  # (what, value key in `facts`, at least, unit): issue 20's targets
     ("ResNet-18 PGD-3 AT (train_sup, after the first step)", "sup_img_s", 15_000, "img/s"),
@@ -37,49 +41,6 @@ def stage_rows(out: Path) -> list[tuple[str, float, int]]:
         if len(parts) == 3 and parts[1].isdigit():
             rows.append((parts[0], int(parts[1]) / 1000, int(parts[2])))
     return rows
-
-
-FIXED_PHASES = ("startup", "runtime", "mlflow")  # what every stage process pays, whatever its size
-
-
-def stage_phases(out: Path) -> list[dict]:
-    """One row per finished DAG stage process (pipeline/timing.py's lines): its command and seconds by phase."""
-    path = out / "stage_times.jsonl"
-    rows = []
-    for line in (path.read_text().splitlines() if path.exists() else []):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by the deadline
-        if isinstance(row, dict) and isinstance(row.get("seconds"), dict) and row.get("rc") == 0 \
-                and str(row.get("command", "")).split()[:1] != ["profile"]:  # the DAG's stages, not `cem profile`
-            rows.append(row)
-    return rows
-
-
-def phase_table(rows: list[dict]) -> list[str]:
-    """Markdown: each stage's total, start-up, runtime set-up (CUDA context), MLflow, its own phases and
-    the rest, with a sum row; then the share of the DAG that the fixed parts take."""
-    if not rows:
-        return ["No stage wrote its phase times (CEM_STAGE_TIMES).", ""]
-    named = sorted({k for r in rows for k in r["seconds"]} - {"total", "other", *FIXED_PHASES})
-    cols = [*FIXED_PHASES, *named, "other"]
-    L = ["| stage | total | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
-    sums = dict.fromkeys(["total", *cols], 0.0)
-    for r in rows:
-        sec = r["seconds"]
-        cells = []
-        for c in ["total", *cols]:
-            v = sec.get(c)
-            sums[c] += v or 0.0
-            cells.append("" if v is None else f"{v:.1f}")
-        L.append(f"| {r['command']} | " + " | ".join(cells) + " |")
-    L.append("| **sum** | " + " | ".join(f"{sums[c]:.1f}" for c in ["total", *cols]) + " |")
-    fixed = sum(sums[c] for c in FIXED_PHASES)
-    L += ["", f"Start-up, runtime set-up and MLflow: {fixed:.1f} s of {sums['total']:.1f} s "
-              f"({100 * fixed / sums['total']:.0f} %) over {len(rows)} stage processes, "
-              f"{fixed / len(rows):.1f} s each on average." if sums["total"] else "", ""]
-    return L
 
 
 def yaml_or_none(path: Path):
@@ -172,7 +133,7 @@ def main(argv=None) -> int:
     L += ["## Stages (wall time of each `cem` process, start-up included)", "", "| stage | s | exit |", "|---|---|---|"]
     L += [f"| {name} | {sec:.1f} | {rc} |" for name, sec, rc in stages]
     L += [f"| **sum** | {sum(s for _, s, _ in stages):.1f} | |", ""]
-    phases = stage_phases(out)
+    phases = read_stage_times(out / "stage_times.jsonl")
     L += ["## Where each stage's time went (s; pipeline/timing.py: start-up = imports before the stage body, "
           "runtime = device set-up incl. the CUDA context, mlflow = import + run open/close)", ""]
     L += phase_table(phases)

@@ -76,12 +76,10 @@ def test_each_stage_process_appends_its_line_failed_ones_with_their_exit_code(tm
     assert len(path.read_text().splitlines()) == 2
 
 
-def test_the_summary_table_adds_up_the_fixed_parts():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        from gpu_acceptance_summary import phase_table
-    finally:
-        sys.path.pop(0)
+def test_the_table_adds_up_the_fixed_parts_and_reads_only_finished_dag_stages(tmp_path, capsys):
+    """`python -m pipeline.timing FILE` (and the GPU acceptance summary): the finished DAG stages of a
+    CEM_STAGE_TIMES file, summed per phase; `cem profile`, failed processes and a cut-short line left out."""
+    from pipeline.timing import main, phase_table, read_stage_times
     rows = [{"command": "sample ta", "rc": 0, "seconds": {"startup": 2.0, "runtime": 1.0, "mlflow": 1.0, "sample": 4.0,
                                                         "other": 2.0, "total": 10.0}},
             {"command": "score ta", "rc": 0, "seconds": {"startup": 2.0, "runtime": 1.0, "mlflow": 1.0,
@@ -91,3 +89,10 @@ def test_the_summary_table_adds_up_the_fixed_parts():
     assert "| sample ta | 10.0 | 2.0 | 1.0 | 1.0 | 4.0 |  | 2.0 |" in table
     assert "| **sum** | 20.0 | 4.0 | 2.0 | 2.0 | 4.0 | 5.0 | 3.0 |" in table
     assert "8.0 s of 20.0 s (40 %) over 2 stage processes, 4.0 s each" in table
+    path = tmp_path / "times.jsonl"
+    extra = [{"command": "profile gpu", "rc": 0, "seconds": {"startup": 1.0, "other": 0.1, "total": 1.1}},
+             {"command": "sample rcs", "rc": 1, "seconds": {"startup": 1.0, "other": 0.1, "total": 1.1}}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*extra, *rows]) + '{"command": "score rc')
+    assert read_stage_times(path) == rows
+    assert main([str(path)]) == 0 and "| **sum** | 20.0 |" in capsys.readouterr().out
+    assert main([str(tmp_path / "missing.jsonl")]) == 2 and "usage:" in capsys.readouterr().err
