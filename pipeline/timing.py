@@ -97,7 +97,7 @@ FIXED_PHASES = ("startup", "runtime", "mlflow")  # what every stage process pays
 
 
 def read_stage_times(path: Path) -> list[dict]:
-    """The lines of a CEM_STAGE_TIMES file for the DAG's finished stages (not `cem profile`, not failed
+    """The lines of a CEM_STAGE_TIMES file for the DAG's finished stages (not `cem profile` or `cem repro`, not failed
     processes); a line cut short (a process killed while writing) is skipped."""
     rows = []
     for line in (path.read_text().splitlines() if path.exists() else []):
@@ -106,7 +106,7 @@ def read_stage_times(path: Path) -> list[dict]:
         except ValueError:
             continue
         if isinstance(row, dict) and isinstance(row.get("seconds"), dict) and row.get("rc") == 0 \
-                and str(row.get("command", "")).split()[:1] != ["profile"]:
+                and str(row.get("command", "")).split()[:1] not in (["profile"], ["repro"]):
             rows.append(row)
     return rows
 

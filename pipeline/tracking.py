@@ -172,3 +172,14 @@ def _open_run(experiment: str, stage: str, upstream: Optional[dict[str, str]], t
     all_tags.update(tags or {})
     with _store("starting a run"):
         return mlflow.start_run(run_name=stage, tags=all_tags, log_system_metrics=False)
+
+
+def open_store(experiment: str) -> None:
+    """Create the tracking store and the experiment now, in one process: stages started side by side
+    (`cem repro --jobs`) would otherwise race to create the sqlite schema and the experiment, which
+    MLflow does not guard against."""
+    _quiet_mlflow()
+    import mlflow
+    _quiet_mlflow()
+    with _store("opening the experiment"):
+        mlflow.set_experiment(experiment)

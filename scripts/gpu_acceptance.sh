@@ -13,12 +13,14 @@
 # into (the carry limit is 64 MiB; the parts travel in earlier calls and wait in $CEM_STAGE); verified
 # by sha1 when the score stage reads it; without it the run is in the judge's space only, and
 # summary.md says so in its first line; (3) a copy of the project in a scratch folder (a git repo for
-# DVC); (4) bench.gpu; (5) `cem profile gpu && dvc repro`, every stage timed (a `cem` wrapper);
+# DVC); (4) bench.gpu; (5) `cem profile gpu && cem repro --jobs N` (dvc repro with N stages side by
+# side: pipeline/repro.py), every stage timed (a `cem` wrapper);
 # (6) warm torch.compile: the compiled ResNet-18 PGD-3 step again, in a new process, with the cache
 # the training filled. Everything kept goes to OUT in at most 8 files.
 #
 # Data: CEM_DATA (default .gpu/ or ../shared/data/cifar10-jpeg.tar.gz); CEM_ACCEPT_SETS adds overrides.
-# Time: CEM_ACCEPT_SECONDS (default 540) bounds the whole run; dvc repro gets what the bench left
+# Jobs: CEM_ACCEPT_JOBS stages side by side (default 4 on the GPU, 2 with --tiny; 1 = plain dvc repro order).
+# Time: CEM_ACCEPT_SECONDS (default 540) bounds the whole run; the DAG gets what the bench left
 # minus CEM_ACCEPT_RESERVE seconds (default 45) for the summary, and is stopped at that deadline.
 set -uo pipefail
 tiny=0; resume=0
@@ -118,7 +120,8 @@ fi
 "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
 # (4) the benchmark
-if [ $tiny = 1 ]; then bench=(--tiny); profile=smoke; else bench=(--quick); profile=gpu; fi
+if [ $tiny = 1 ]; then bench=(--tiny); profile=smoke; jobs=${CEM_ACCEPT_JOBS:-2}
+else bench=(--quick); profile=gpu; jobs=${CEM_ACCEPT_JOBS:-4}; fi
 if [ $tiny = 0 ] && [ -f "$STAGE/bench.json" ]; then  # it ran in the first staging call (scripts/gpu_stage.sh 1)
   cp "$STAGE/bench.json" "$OUT/bench.json"; say "bench.gpu --quick: from the staging call"
 elif [ $resume = 1 ]; then
@@ -143,14 +146,16 @@ for kv in ${CEM_ACCEPT_SETS:-}; do sets+=(--set "$kv"); done
 [ ${#notes[@]} -gt 0 ] && [[ "${notes[0]}" == NO\ INCEPTION* ]] && sets+=(--set score.inception=false)
 cem profile $profile "${sets[@]}" || { say "FAILED: cem profile"; exit 1; }
 DEADLINE=$(( $(left) - RESERVE ))
-say "dvc repro (profile $profile), deadline ${DEADLINE}s"
+say "cem repro --jobs $jobs (profile $profile), deadline ${DEADLINE}s"
 d0=$(date +%s)
-timeout --signal=TERM --kill-after=15 "$DEADLINE" dvc repro > "$OUT/dvc.log" 2>&1
+rm -rf logs/repro
+timeout --signal=TERM --kill-after=15 "$DEADLINE" "$PY" -m stages.cli repro --jobs "$jobs" > "$OUT/dvc.log" 2>&1
 rc=$?
+for f in logs/repro/*.log; do [ -f "$f" ] && printf '\n----- %s\n' "$f" && cat "$f"; done >> "$OUT/dvc.log"
 call_s=$(( $(date +%s) - d0 ))
 dag_s=$(( $(cat "$ACC/dag_seconds") + call_s )); echo $dag_s > "$ACC/dag_seconds"
-[ $rc = 0 ] || notes+=("dvc repro exit $rc after ${call_s}s in this call (124: stopped at the deadline)")
-say "dvc repro: exit $rc in ${call_s}s (${dag_s}s over $(cat "$ACC/calls") call(s))"
+[ $rc = 0 ] || notes+=("cem repro exit $rc after ${call_s}s in this call (124: stopped at the deadline)")
+say "cem repro --jobs $jobs: exit $rc in ${call_s}s (${dag_s}s over $(cat "$ACC/calls") call(s))"
 
 # (6) torch.compile cold vs warm: the compiled ResNet-18 PGD-3 step in a new process twice, sharing the
 # on-disk cache: the first compiles from cold (unless a compiled stage filled the cache), the second reads it
@@ -164,6 +169,6 @@ fi
 # the summary (at most 8 files come back from the GPU machine)
 cp "$ACC/stages.tsv" "$OUT/stages.tsv"; cp "$ACC/stage_times.jsonl" "$OUT/stage_times.jsonl" 2>/dev/null || :
 "$PY" "$ROOT/scripts/gpu_acceptance_summary.py" --work "$WORK" --out "$OUT" --dag-seconds "$dag_s" --dag-exit "$rc" \
-  --total-seconds $(( $(date +%s) - T0 )) --profile $profile "${notes[@]/#/--note=}"
+  --total-seconds $(( $(date +%s) - T0 )) --profile $profile --jobs "$jobs" "${notes[@]/#/--note=}"
 say "done: $(ls "$OUT" | tr '\n' ' ')"
 exit $rc

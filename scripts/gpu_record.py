@@ -73,8 +73,10 @@ def main(argv=None) -> int:
         stages[name] = entry
     (a.docs / "gpu_stages.json").write_text(json.dumps(
         {"device": first["device"], "torch": first.get("torch"), "date": first.get("date"), "commit": a.commit,
-         "source": "scripts/gpu_acceptance.sh (dvc repro of the gpu profile; stages it did not reach are absent)",
-         "dag_exit": run.get("dag_exit"), "dag_seconds": run.get("dag_seconds"), "stages": stages}, indent=1) + "\n")
+         "source": "scripts/gpu_acceptance.sh (the gpu profile through DVC, `jobs` stages at a time; stages it "
+                   "did not reach are absent)",
+         "dag_exit": run.get("dag_exit"), "dag_seconds": run.get("dag_seconds"), "jobs": run.get("jobs", 1),
+         "stages": stages}, indent=1) + "\n")
     print(f"recorded {len(rows)} bench rows and {len(stages)} stages")
     return 0
 

@@ -14,7 +14,8 @@ os.environ["DO_NOT_TRACK"] = "1"
 
 import typer  # noqa: E402
 
-from . import check_inception, prepare, profile, reference_stats, report, sample, score, train, tune  # noqa: E402
+from . import (check_inception, prepare, profile, reference_stats, report, repro, sample, score, train,  # noqa: E402
+               tune)
 
 app = typer.Typer(
     name="cem",
@@ -32,6 +33,7 @@ app.command("tune")(tune.tune)
 app.command("check-inception")(check_inception.check_inception)
 app.command("report")(report.report)
 app.command("profile")(profile.profile)
+app.command("repro")(repro.repro)
 
 def _end_with_parent() -> None:
     """Linux: when the process that started this one dies (e.g. `kill -9` of `dvc repro`), this one

@@ -1,0 +1,218 @@
+"""`cem repro --jobs N`: the DVC pipeline with independent stages running side by side.
+
+`dvc repro` runs one stage at a time, so a machine with many cores and a large GPU sits mostly idle
+through ~30 short stage processes, each paying its own start-up (imports, CUDA context, MLflow;
+docs/performance.md). DVC itself supports running independent stages from separate `dvc repro`
+processes: it releases its repository lock while a stage's command runs, and `dvc --wait-for-lock`
+makes another process wait for that lock instead of failing. This module schedules exactly that over
+the whole DAG: a stage starts once everything upstream of it has finished, at most N at a time, each as
+`dvc repro --single-item STAGE`. DVC still decides whether a stage must run, records it in dvc.lock
+and caches its outputs, so the result is what `dvc repro` gives (tests/test_repro.py checks dvc.lock).
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from .errors import CemError
+
+_NODE = re.compile(r'^\s*"([^"]+)";\s*$')
+_EDGE = re.compile(r'^\s*"([^"]+)"\s*->\s*"([^"]+)";\s*$')
+# what `dvc repro` prints for each outcome (dvc/stage/run.py, dvc/stage/__init__.py, dvc/stage/cache.py)
+_OUTCOMES = (("Running stage '", "ran"), ("is cached - skipping run", "restored"),
+             ("didn't change, skipping", "unchanged"))
+
+
+def dvc_command(*args: str) -> list[str]:
+    """DVC from this interpreter's environment (the one `cem` was installed into)."""
+    return [sys.executable, "-m", "dvc", *args]
+
+
+def parse_dot(text: str) -> dict[str, list[str]]:
+    """`dvc dag --dot` → {stage: the stages it depends on directly}, stages in DVC's order."""
+    upstream: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if m := _EDGE.match(line):
+            src, dst = m.groups()
+            upstream.setdefault(src, [])
+            upstream.setdefault(dst, []).append(src)
+        elif m := _NODE.match(line):
+            upstream.setdefault(m.group(1), [])
+    return upstream
+
+
+def read_dag(cwd: Path) -> dict[str, list[str]]:
+    proc = subprocess.run(dvc_command("dag", "--dot"), cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        raise CemError(f"dvc dag failed in {cwd}: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+    dag = parse_dot(proc.stdout)
+    if not dag:
+        raise CemError(f"dvc dag found no stages in {cwd} (is this the project's root, with dvc.yaml?)")
+    return dag
+
+
+def select(dag: dict[str, list[str]], targets: list[str]) -> dict[str, list[str]]:
+    """The targets and everything upstream of them (all stages when no target is given)."""
+    if not targets:
+        return dag
+    unknown = [t for t in targets if t not in dag]
+    if unknown:
+        raise CemError(f"no stage {', '.join(unknown)} in dvc.yaml (stages: {', '.join(dag)})", exit_code=2)
+    keep: set[str] = set()
+    todo = list(targets)
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo.extend(dag[name])
+    return {name: [u for u in ups if u in keep] for name, ups in dag.items() if name in keep}
+
+
+def downstream_counts(dag: dict[str, list[str]]) -> dict[str, int]:
+    """How many stages wait (directly or not) on each stage: the scheduler starts those first, so
+    training starts before reference statistics and the long chains are not left for last."""
+    below: dict[str, set[str]] = {name: set() for name in dag}
+    changed = True
+    while changed:  # a fixed point; the DAG has ~30 stages
+        changed = False
+        for name, ups in dag.items():
+            for up in ups:
+                new = below[name] | {name}
+                if not new <= below[up]:
+                    below[up] |= new
+                    changed = True
+    return {name: len(s) for name, s in below.items()}
+
+
+@dataclass
+class StageResult:
+    name: str
+    outcome: str          # ran, restored (DVC's run cache), unchanged, failed, interrupted, not started
+    seconds: float = 0.0
+    rc: Optional[int] = None
+    log: Optional[Path] = None
+
+
+def _outcome(log: Path) -> str:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    for marker, outcome in _OUTCOMES:
+        if marker in text:
+            return outcome
+    return "ran"
+
+
+def failure_line(log: Optional[Path]) -> str:
+    """What to say of a failed stage: its own one-line error (`error: ...`, every `cem` stage's
+    convention, without the prefix) if it printed one, else the last line DVC printed."""
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()] \
+        if log is not None and log.exists() else []
+    ours = [ln for ln in lines if ln.startswith("error:")]
+    return ours[-1].removeprefix("error:").strip() if ours else (lines or ["no output"])[-1]
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _end_with_us() -> None:
+    """In each `dvc repro` child (Linux): SIGTERM when this process dies, even by SIGKILL, so no stage
+    runs on unseen after its scheduler is gone (the stage ends like Ctrl-C: outputs whole)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+@dataclass
+class _Running:
+    name: str
+    proc: subprocess.Popen
+    started: float
+    log: Path
+
+
+def run_dag(dag: dict[str, list[str]], jobs: int, cwd: Path, log_dir: Path,
+            on_start: Callable[[str, list[str]], None] = lambda name, running: None,
+            on_finish: Callable[[StageResult, list[str]], None] = lambda result, running: None,
+            poll_seconds: float = 0.2) -> list[StageResult]:
+    """Run `dag`'s stages through DVC, at most `jobs` at a time, each once everything upstream of it
+    has finished. After a failure no new stage starts; those running finish (a stage cut short would
+    only be re-run next time). Ctrl-C / SIGTERM stop the running stages (each ends like Ctrl-C: its
+    MLflow run KILLED, its outputs whole) and raise KeyboardInterrupt."""
+    if jobs < 1:
+        raise CemError(f"--jobs must be at least 1 (got {jobs})", exit_code=2)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    order = {name: i for i, name in enumerate(dag)}
+    weight = downstream_counts(dag)
+    done: dict[str, StageResult] = {}
+    running: dict[str, _Running] = {}
+    failed = False
+
+    def ready() -> list[str]:
+        names = [n for n in dag if n not in done and n not in running
+                 and all(u in done and done[u].outcome not in ("failed", "interrupted") for u in dag[n])]
+        return sorted(names, key=lambda n: (-weight[n], order[n]))
+
+    def start(name: str) -> None:
+        log = log_dir / f"{name}.log"
+        with open(log, "w") as out:  # the child holds its own descriptor
+            proc = subprocess.Popen(dvc_command("--wait-for-lock", "repro", "--single-item", name), cwd=cwd,
+                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True,  # Ctrl-C reaches the stage through us only
+                                    preexec_fn=_end_with_us)
+        running[name] = _Running(name, proc, time.perf_counter(), log)
+        on_start(name, sorted(running))
+
+    def stop_all(sig: int) -> None:
+        for r in running.values():
+            try:
+                os.killpg(r.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while True:
+            if not failed:
+                for name in ready():
+                    if len(running) >= jobs:
+                        break
+                    start(name)
+            if not running:
+                break
+            time.sleep(poll_seconds)
+            for name, r in list(running.items()):
+                rc = r.proc.poll()
+                if rc is None:
+                    continue
+                del running[name]
+                result = StageResult(name, _outcome(r.log) if rc == 0 else "failed",
+                                     time.perf_counter() - r.started, rc, r.log)
+                done[name] = result
+                failed = failed or rc != 0
+                on_finish(result, sorted(running))
+    except KeyboardInterrupt:
+        stop_all(signal.SIGTERM)
+        deadline = time.perf_counter() + 10  # a stage winds down in ~1 s; `timeout -k 15` must not beat us
+        for r in running.values():
+            try:
+                r.proc.wait(timeout=max(0.1, deadline - time.perf_counter()))
+            except subprocess.TimeoutExpired:
+                os.killpg(r.proc.pid, signal.SIGKILL)
+                r.proc.wait()
+            done[r.name] = StageResult(r.name, "interrupted", time.perf_counter() - r.started, r.proc.returncode,
+                                       r.log)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return [done.get(name) or StageResult(name, "not started") for name in dag]

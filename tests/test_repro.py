@@ -1,0 +1,172 @@
+"""`cem repro --jobs N` (pipeline/repro.py): DVC's stages side by side, with DVC's own bookkeeping."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.errors import CemError
+from pipeline.repro import downstream_counts, parse_dot, read_dag, select
+
+from .conftest import ROOT, cem, tiny_params, write_params
+
+DOT = """strict digraph {
+"prepare";
+"train";
+"sample@a";
+"sample@b";
+"report";
+"prepare" -> "train";
+"train" -> "sample@a";
+"train" -> "sample@b";
+"sample@a" -> "report";
+"sample@b" -> "report";
+}
+"""
+
+
+def test_parse_dot_keeps_dvc_order_and_direct_upstream():
+    dag = parse_dot(DOT)
+    assert list(dag) == ["prepare", "train", "sample@a", "sample@b", "report"]
+    assert dag == {"prepare": [], "train": ["prepare"], "sample@a": ["train"], "sample@b": ["train"],
+                   "report": ["sample@a", "sample@b"]}
+
+
+def test_select_takes_the_targets_and_everything_upstream():
+    dag = parse_dot(DOT)
+    assert select(dag, []) == dag
+    assert select(dag, ["sample@b"]) == {"prepare": [], "train": ["prepare"], "sample@b": ["train"]}
+    with pytest.raises(CemError, match="no stage sample@c in dvc.yaml"):
+        select(dag, ["sample@c"])
+
+
+def test_stages_with_more_waiting_on_them_come_first():
+    counts = downstream_counts(parse_dot(DOT))
+    assert counts == {"prepare": 4, "train": 3, "sample@a": 1, "sample@b": 1, "report": 0}
+
+
+def _stage(name: str, seconds: float, deps: list[str], fail: bool = False) -> dict:
+    """A toy stage: records when it ran, sleeps, writes its output (or fails with a one-line error)."""
+    code = (f"import json,sys,time; t=time.time(); time.sleep({seconds}); "
+            + ("print('error: the toy stage broke', file=sys.stderr); sys.exit(3)" if fail else
+               f"json.dump({{'start': t, 'end': time.time()}}, open('{name}.json', 'w'))"))
+    return {"cmd": f'{sys.executable} -c "{code}"', "deps": deps, "outs": [f"{name}.json"]}
+
+
+@pytest.fixture
+def toy(tmp_path) -> Path:
+    """A DVC project of five stages (a diamond and a tail) with a complete params.yaml for `cem`."""
+    write_params(tmp_path, tiny_params(tmp_path, "unused"))
+    (tmp_path / "input.txt").write_text("x")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    return tmp_path
+
+
+def _write_dvc_yaml(folder: Path, fail: str = "") -> None:
+    stages = {"first": _stage("first", 0.1, ["input.txt"]),
+              "left": _stage("left", 3.0, ["first.json"], fail=fail == "left"),
+              "right": _stage("right", 3.0, ["first.json"]),
+              "join": _stage("join", 0.1, ["left.json", "right.json"]),
+              "tail": _stage("tail", 0.1, ["join.json"])}
+    (folder / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+
+
+def _span(folder: Path, name: str) -> tuple[float, float]:
+    d = json.loads((folder / f"{name}.json").read_text())
+    return d["start"], d["end"]
+
+
+def test_independent_stages_run_side_by_side_and_dvc_records_them(toy):
+    _write_dvc_yaml(toy)
+    proc = cem("repro", "--jobs", "2", cwd=toy)
+    assert "5 ran" in proc.stderr
+    left, right, join = _span(toy, "left"), _span(toy, "right"), _span(toy, "join")
+    first = _span(toy, "first")
+    assert left[0] < right[1] and right[0] < left[1], "left and right did not overlap"
+    assert first[1] <= min(left[0], right[0]) and join[0] >= max(left[1], right[1]), "the DAG's order was broken"
+    assert (toy / "logs" / "repro" / "left.log").exists()
+    # DVC recorded every stage: its own repro finds nothing to do, and ours says all are unchanged
+    again = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=toy, capture_output=True, text=True, check=True)
+    assert "Running stage" not in again.stdout + again.stderr
+    assert "5 unchanged" in cem("repro", "-j", "3", cwd=toy).stderr
+    # a target brings only itself and its upstream up to date
+    (toy / "input.txt").write_text("y")
+    out = cem("repro", "right", cwd=toy).stderr
+    assert "3 ran" not in out and "2 ran" in out and "join" not in out
+
+
+def test_a_failing_stage_stops_what_depends_on_it_in_one_line(toy):
+    _write_dvc_yaml(toy, fail="left")
+    proc = cem("repro", "-j", "2", cwd=toy, check=False)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: stage left failed: the toy stage broke (its whole output: ")
+    assert "logs/repro/left.log" in last
+    assert (toy / "right.json").exists(), "a stage already running is let finish"
+    assert not (toy / "join.json").exists() and not (toy / "tail.json").exists()
+    assert "2 not started" in proc.stderr
+
+
+def test_unknown_target_and_bad_jobs_are_one_line_errors(toy):
+    _write_dvc_yaml(toy)
+    proc = cem("repro", "nope", cwd=toy, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: no stage nope in dvc.yaml")
+    proc = cem("repro", "-j", "0", cwd=toy, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "--jobs" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = cem("repro", cwd=toy.parent, check=False)  # no DVC project here
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("error: dvc dag failed in ")
+
+
+def test_sigterm_stops_the_running_stages(toy):
+    stages = {"slow": {"cmd": f"{sys.executable} -c \"import time; time.sleep(60)\"", "deps": ["input.txt"],
+                       "outs": ["slow.json"]}}
+    (toy / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    proc = subprocess.Popen([sys.executable, "-m", "stages.cli", "repro", "-j", "1"], cwd=toy,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = toy / "logs" / "repro" / "slow.log"
+    deadline = time.time() + 60
+    while "Running stage" not in (log.read_text() if log.exists() else "") and time.time() < deadline:
+        time.sleep(0.2)
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted"
+    assert time.time() - t0 < 30
+    left = subprocess.run(["pgrep", "-f", "time.sleep.60"], capture_output=True, text=True).stdout.split()
+    assert not left, "the stage's process outlived cem repro"
+
+
+def test_the_projects_dag_is_read_from_dvc():
+    dag = select(read_dag(ROOT), ["report"])
+    assert dag["prepare"] == [] and "sample@ta" in dag["score@ta"] and "reference_stats" in dag["score@ta"]
+
+
+def test_no_stage_outlives_a_killed_scheduler(toy):
+    """`kill -9` of `cem repro`: its `dvc repro` children get SIGTERM (PR_SET_PDEATHSIG), and each `cem`
+    stage under them gets it in turn from DVC's death (stages/cli.py)."""
+    stages = {"slow": {"cmd": f"{sys.executable} -c \"import time; time.sleep(61)\"", "deps": ["input.txt"],
+                       "outs": ["slow.json"]}}
+    (toy / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    proc = subprocess.Popen([sys.executable, "-m", "stages.cli", "repro", "-j", "1"], cwd=toy,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = toy / "logs" / "repro" / "slow.log"
+    deadline = time.time() + 60
+    while "Running stage" not in (log.read_text() if log.exists() else "") and time.time() < deadline:
+        time.sleep(0.2)
+    try:
+        assert subprocess.run(["pgrep", "-f", "single-item slow"], capture_output=True).returncode == 0
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.time() + 20
+        while subprocess.run(["pgrep", "-f", "single-item slow"], capture_output=True).returncode == 0:
+            assert time.time() < deadline, "dvc repro outlived its killed scheduler"
+            time.sleep(0.2)
+    finally:  # the toy command is not a `cem` stage: DVC's death does not end it
+        subprocess.run(["pkill", "-f", "time.sleep.61"])
