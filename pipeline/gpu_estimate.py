@@ -219,5 +219,13 @@ def summary(p, path: Path, stages_path: Optional[Path] = None, root: Optional[Pa
     for name, secs, why in rows:
         lines.append(f"  {name:22s} " + (_duration(secs) if secs is not None else "   unknown") + f"  [{why}]")
     lines.append(f"  {'total (known stages)':22s} {_duration(sum(known))}"
-                 + (f" + {len(unknown)} stage(s) not measured" if unknown else ""))
+                 + (f" + {len(unknown)} stage(s) not measured" if unknown else "") + ", one stage at a time")
+    jobs = int((stages or {}).get("jobs", 1))
+    if jobs > 1:
+        lines.append(f"  (the stage times were measured with {jobs} stages side by side: each includes their contention)")
+    if stages and stages.get("dag_exit") == 0 and stages.get("dag_seconds"):
+        lines.append(f"  measured: the whole DAG took {_duration(float(stages['dag_seconds'])).strip()}"
+                     + (f" with `cem repro --jobs {jobs}`" if jobs > 1 else " with `dvc repro`"))
+    else:
+        lines.append("  `cem repro --jobs 4` runs independent stages side by side (not yet measured on a GPU)")
     return "\n".join(lines)

@@ -35,5 +35,6 @@ def progress_bar(description: str, total: int):
 
 
 def log(message: str) -> None:
-    """One status line on stderr (kept in CI logs)."""
-    console.print(message, highlight=False, markup=False)
+    """One status line on stderr (kept in CI logs); never broken at the console's width, so a log file
+    or a grep sees each line whole."""
+    console.print(message, highlight=False, markup=False, soft_wrap=True)

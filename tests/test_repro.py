@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.errors import CemError
-from pipeline.repro import downstream_counts, parse_dot, read_dag, select
+from pipeline.repro import downstream_counts, parse_dot, read_dag, select, to_check
 
 from .conftest import ROOT, cem, tiny_params, write_params
 
@@ -44,6 +44,13 @@ def test_select_takes_the_targets_and_everything_upstream():
     assert select(dag, ["sample@b"]) == {"prepare": [], "train": ["prepare"], "sample@b": ["train"]}
     with pytest.raises(CemError, match="no stage sample@c in dvc.yaml"):
         select(dag, ["sample@c"])
+
+
+def test_only_changed_stages_and_what_is_downstream_of_them_are_checked():
+    dag = parse_dot(DOT)
+    assert to_check(dag, set()) == set()
+    assert to_check(dag, {"sample@a"}) == {"sample@a", "report"}
+    assert to_check(dag, {"train", "sample@b"}) == {"train", "sample@a", "sample@b", "report"}
 
 
 def test_stages_with_more_waiting_on_them_come_first():
@@ -94,10 +101,16 @@ def test_independent_stages_run_side_by_side_and_dvc_records_them(toy):
     # DVC recorded every stage: its own repro finds nothing to do, and ours says all are unchanged
     again = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=toy, capture_output=True, text=True, check=True)
     assert "Running stage" not in again.stdout + again.stderr
-    assert "5 unchanged" in cem("repro", "-j", "3", cwd=toy).stderr
+    assert "all 5 stage(s) up to date" in cem("repro", "-j", "3", cwd=toy).stderr  # one `dvc status`, no stage
+    # a changed stage: DVC checks it and what is downstream of it, nothing else
+    pipeline = yaml.safe_load((toy / "dvc.yaml").read_text())
+    pipeline["stages"]["right"]["cmd"] += " "  # right's command changes
+    (toy / "dvc.yaml").write_text(yaml.safe_dump(pipeline))
+    out = cem("repro", "-j", "2", cwd=toy).stderr
+    assert "3 of 5 stage(s) to check" in out and "3 ran" in out and "2 unchanged" in out, out
     # a target brings only itself and its upstream up to date
     (toy / "input.txt").write_text("y")
-    out = cem("repro", "right", cwd=toy).stderr
+    out = cem("repro", "right", "-j", "1", cwd=toy).stderr
     assert "3 ran" not in out and "2 ran" in out and "join" not in out
 
 
@@ -115,12 +128,14 @@ def test_a_failing_stage_stops_what_depends_on_it_in_one_line(toy):
 
 def test_unknown_target_and_bad_jobs_are_one_line_errors(toy):
     _write_dvc_yaml(toy)
-    proc = cem("repro", "nope", cwd=toy, check=False)
+    proc = cem("repro", "nope", "-j", "2", cwd=toy, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: no stage nope in dvc.yaml")
     proc = cem("repro", "-j", "0", cwd=toy, check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "--jobs" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
-    proc = cem("repro", cwd=toy.parent, check=False)  # no DVC project here
+    proc = cem("repro", cwd=toy, check=False)  # how many side by side is the user's choice, never a default
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "--jobs" in proc.stderr
+    proc = cem("repro", "-j", "2", cwd=toy.parent, check=False)  # no DVC project here
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("error: dvc dag failed in ")
 
 
