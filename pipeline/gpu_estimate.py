@@ -222,7 +222,8 @@ def summary(p, path: Path, stages_path: Optional[Path] = None, root: Optional[Pa
                  + (f" + {len(unknown)} stage(s) not measured" if unknown else "") + ", one stage at a time")
     jobs = int((stages or {}).get("jobs", 1))
     if jobs > 1:
-        lines.append(f"  (the stage times were measured with {jobs} stages side by side: each includes their contention)")
+        lines.append(f"  (the stage times were measured with {jobs} stages side by side: "
+                     "each includes their contention)")
     if stages and stages.get("dag_exit") == 0 and stages.get("dag_seconds"):
         lines.append(f"  measured: the whole DAG took {_duration(float(stages['dag_seconds'])).strip()}"
                      + (f" with `cem repro --jobs {jobs}`" if jobs > 1 else " with `dvc repro`"))

@@ -126,7 +126,7 @@ def downstream_counts(dag: dict[str, list[str]]) -> dict[str, int]:
 @dataclass
 class StageResult:
     name: str
-    outcome: str          # ran, restored (DVC's run cache), unchanged, failed, interrupted, not started
+    outcome: str          # ran, restored (DVC's run cache), unchanged, failed, not started
     seconds: float = 0.0
     rc: Optional[int] = None
     log: Optional[Path] = None
@@ -177,9 +177,10 @@ def run_dag(dag: dict[str, list[str]], jobs: int, cwd: Path, log_dir: Path, chec
             on_finish: Callable[[StageResult, list[str]], None] = lambda result, running: None,
             poll_seconds: float = 0.2) -> list[StageResult]:
     """Run `dag`'s stages through DVC, at most `jobs` at a time, each once everything upstream of it
-    has finished; a stage not in `check` (default: all) is up to date without asking DVC. After a failure no new stage starts; those running finish (a stage cut short would
-    only be re-run next time). Ctrl-C / SIGTERM stop the running stages (each ends like Ctrl-C: its
-    MLflow run KILLED, its outputs whole) and raise KeyboardInterrupt."""
+    has finished; a stage not in `check` (default: all) is up to date without asking DVC. After a
+    failure no new stage starts; those running finish (a stage cut short would only be re-run next
+    time). Ctrl-C / SIGTERM stop the running stages (each ends like Ctrl-C: its MLflow run KILLED, its
+    outputs whole) and raise KeyboardInterrupt."""
     if jobs < 1:
         raise CemError(f"--jobs must be at least 1 (got {jobs})", exit_code=2)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -191,8 +192,7 @@ def run_dag(dag: dict[str, list[str]], jobs: int, cwd: Path, log_dir: Path, chec
     failed = False
 
     def ready() -> list[str]:
-        names = [n for n in dag if n not in done and n not in running
-                 and all(u in done and done[u].outcome not in ("failed", "interrupted") for u in dag[n])]
+        names = [n for n in dag if n not in done and n not in running and all(u in done for u in dag[n])]
         return sorted(names, key=lambda n: (-weight[n], order[n]))
 
     def start(name: str) -> None:
@@ -242,8 +242,6 @@ def run_dag(dag: dict[str, list[str]], jobs: int, cwd: Path, log_dir: Path, chec
             except subprocess.TimeoutExpired:
                 os.killpg(r.proc.pid, signal.SIGKILL)
                 r.proc.wait()
-            done[r.name] = StageResult(r.name, "interrupted", time.perf_counter() - r.started, r.proc.returncode,
-                                       r.log)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
