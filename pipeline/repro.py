@@ -164,6 +164,24 @@ def _end_with_us() -> None:
             pass
 
 
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group still exists (its leader, DVC, already reaped)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass
 class _Running:
     name: str
@@ -207,10 +225,7 @@ def run_dag(dag: dict[str, list[str]], jobs: int, cwd: Path, log_dir: Path, chec
 
     def stop_all(sig: int) -> None:
         for r in running.values():
-            try:
-                os.killpg(r.proc.pid, sig)
-            except ProcessLookupError:
-                pass
+            _signal_group(r.proc.pid, sig)
 
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -234,14 +249,18 @@ def run_dag(dag: dict[str, list[str]], jobs: int, cwd: Path, log_dir: Path, chec
                 failed = failed or rc != 0
                 on_finish(result, sorted(running))
     except KeyboardInterrupt:
+        # the whole group of each `dvc repro`: DVC dies at once, the stage under it ends like Ctrl-C (its
+        # run marked KILLED, its lock released) and is waited for, so a `cem repro` or `dvc repro` started
+        # right after this one returns never meets it still holding its output folder
         stop_all(signal.SIGTERM)
-        deadline = time.perf_counter() + 10  # a stage winds down in ~1 s; `timeout -k 15` must not beat us
+        deadline = time.perf_counter() + 10  # a stage winds down in ~1-2 s; `timeout -k 15` must not beat us
         for r in running.values():
-            try:
-                r.proc.wait(timeout=max(0.1, deadline - time.perf_counter()))
-            except subprocess.TimeoutExpired:
-                os.killpg(r.proc.pid, signal.SIGKILL)
-                r.proc.wait()
+            while r.proc.poll() is None or _group_alive(r.proc.pid):
+                if time.perf_counter() > deadline:
+                    _signal_group(r.proc.pid, signal.SIGKILL)
+                    r.proc.wait()
+                    break
+                time.sleep(0.05)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -139,9 +139,18 @@ def test_unknown_target_and_bad_jobs_are_one_line_errors(toy):
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("error: dvc dag failed in ")
 
 
-def test_sigterm_stops_the_running_stages(toy):
-    stages = {"slow": {"cmd": f"{sys.executable} -c \"import time; time.sleep(60)\"", "deps": ["input.txt"],
-                       "outs": ["slow.json"]}}
+WINDS_DOWN = ("import signal, sys, time, pathlib\n"
+              "def down(*_):\n"
+              "    time.sleep(2); pathlib.Path('wound-down').write_text('yes'); sys.exit(130)\n"
+              "signal.signal(signal.SIGTERM, down)\n"
+              "time.sleep(60)\n")
+
+
+def test_sigterm_stops_the_running_stages_and_waits_for_them(toy):
+    """A stage takes a moment to end (a `cem` stage marks its MLflow run KILLED and releases its lock):
+    `cem repro` returns only once it has, so a run started right after never meets it."""
+    (toy / "slow.py").write_text(WINDS_DOWN)
+    stages = {"slow": {"cmd": f"{sys.executable} slow.py", "deps": ["input.txt"], "outs": ["slow.json"]}}
     (toy / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
     proc = subprocess.Popen([sys.executable, "-m", "stages.cli", "repro", "-j", "1"], cwd=toy,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -154,7 +163,8 @@ def test_sigterm_stops_the_running_stages(toy):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted"
     assert time.time() - t0 < 30
-    left = subprocess.run(["pgrep", "-f", "time.sleep.60"], capture_output=True, text=True).stdout.split()
+    assert (toy / "wound-down").exists(), "cem repro returned before its stage had ended"
+    left = subprocess.run(["pgrep", "-f", f"{sys.executable} slow.py"], capture_output=True, text=True).stdout.split()
     assert not left, "the stage's process outlived cem repro"
 
 
