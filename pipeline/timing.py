@@ -97,8 +97,8 @@ FIXED_PHASES = ("startup", "runtime", "mlflow")  # what every stage process pays
 
 
 def read_stage_times(path: Path) -> list[dict]:
-    """The lines of a CEM_STAGE_TIMES file for the DAG's finished stages (not `cem profile` or `cem repro`, not failed
-    processes); a line cut short (a process killed while writing) is skipped."""
+    """The lines of a CEM_STAGE_TIMES file for the DAG's finished stages (not `cem profile` or `cem
+    repro`, not failed processes); a line cut short (a process killed while writing) is skipped."""
     rows = []
     for line in (path.read_text().splitlines() if path.exists() else []):
         try:

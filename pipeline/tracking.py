@@ -159,11 +159,9 @@ def _close_run(status: str) -> None:
 
 
 def _open_run(experiment: str, stage: str, upstream: Optional[dict[str, str]], tags: Optional[dict[str, str]]):
-    _quiet_mlflow()
+    exp = open_store(experiment)
     import mlflow
-    _quiet_mlflow()  # again: importing mlflow resets its loggers to INFO
     with _store("opening the experiment"):
-        exp = mlflow.set_experiment(experiment)
         stale = end_stale_runs(exp.experiment_id, stage)
     all_tags = {"cem.stage": stage, "cem.host": socket.gethostname(), "cem.pid": str(os.getpid())}
     if stale:  # recorded on the new run (a stderr line would mix with a stage's one-line errors)
@@ -174,12 +172,12 @@ def _open_run(experiment: str, stage: str, upstream: Optional[dict[str, str]], t
         return mlflow.start_run(run_name=stage, tags=all_tags, log_system_metrics=False)
 
 
-def open_store(experiment: str) -> None:
-    """Create the tracking store and the experiment now, in one process: stages started side by side
-    (`cem repro --jobs`) would otherwise race to create the sqlite schema and the experiment, which
-    MLflow does not guard against."""
+def open_store(experiment: str):
+    """The experiment, created with the store if need be. `cem repro --jobs` calls it once before
+    starting stages side by side: they would otherwise race to create the sqlite schema and the
+    experiment, which MLflow does not guard against."""
     _quiet_mlflow()
     import mlflow
-    _quiet_mlflow()
+    _quiet_mlflow()  # again: importing mlflow resets its loggers to INFO
     with _store("opening the experiment"):
-        mlflow.set_experiment(experiment)
+        return mlflow.set_experiment(experiment)
