@@ -73,21 +73,32 @@ def changed_stages(cwd: Path) -> set[str]:
     return {name.split(":")[-1] for name in status}  # `dvc.yaml:stage` for a dvc.yaml elsewhere
 
 
-def to_check(dag: dict[str, list[str]], changed: set[str]) -> set[str]:
-    """The stages DVC must look at: those out of date and everything downstream of them. Any other
-    stage is up to date and stays so, since nothing upstream of it will run: no DVC process is spent
-    on it (each costs ~1 s of start-up and index loading)."""
-    below: dict[str, list[str]] = {name: [] for name in dag}
-    for name, ups in dag.items():
-        for up in ups:
-            below[up].append(name)
-    todo, seen = [n for n in dag if n in changed], set()
+def _reachable(edges: dict[str, list[str]], starts) -> set[str]:
+    """Every stage reachable from `starts` along `edges` (starts included)."""
+    seen: set[str] = set()
+    todo = list(starts)
     while todo:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo.extend(below[name])
+            todo.extend(edges[name])
     return seen
+
+
+def _downstream(dag: dict[str, list[str]]) -> dict[str, list[str]]:
+    """{stage: the stages that depend on it directly}."""
+    below: dict[str, list[str]] = {name: [] for name in dag}
+    for name, ups in dag.items():
+        for up in ups:
+            below[up].append(name)
+    return below
+
+
+def to_check(dag: dict[str, list[str]], changed: set[str]) -> set[str]:
+    """The stages DVC must look at: those out of date and everything downstream of them. Any other
+    stage is up to date and stays so, since nothing upstream of it will run: no DVC process is spent
+    on it (each costs ~1 s of start-up and index loading)."""
+    return _reachable(_downstream(dag), [n for n in dag if n in changed])
 
 
 def select(dag: dict[str, list[str]], targets: list[str]) -> dict[str, list[str]]:
@@ -97,30 +108,15 @@ def select(dag: dict[str, list[str]], targets: list[str]) -> dict[str, list[str]
     unknown = [t for t in targets if t not in dag]
     if unknown:
         raise CemError(f"no stage {', '.join(unknown)} in dvc.yaml (stages: {', '.join(dag)})", exit_code=2)
-    keep: set[str] = set()
-    todo = list(targets)
-    while todo:
-        name = todo.pop()
-        if name not in keep:
-            keep.add(name)
-            todo.extend(dag[name])
+    keep = _reachable(dag, targets)
     return {name: [u for u in ups if u in keep] for name, ups in dag.items() if name in keep}
 
 
 def downstream_counts(dag: dict[str, list[str]]) -> dict[str, int]:
     """How many stages wait (directly or not) on each stage: the scheduler starts those first, so
     training starts before reference statistics and the long chains are not left for last."""
-    below: dict[str, set[str]] = {name: set() for name in dag}
-    changed = True
-    while changed:  # a fixed point; the DAG has ~30 stages
-        changed = False
-        for name, ups in dag.items():
-            for up in ups:
-                new = below[name] | {name}
-                if not new <= below[up]:
-                    below[up] |= new
-                    changed = True
-    return {name: len(s) for name, s in below.items()}
+    below = _downstream(dag)
+    return {name: len(_reachable(below, below[name])) for name in dag}
 
 
 @dataclass
