@@ -62,10 +62,17 @@ elif [ -d "$WHEELS" ]; then
 fi
 BIN=$(mktemp -d)
 PY=$(command -v python3)
-# the stages as dvc.yaml calls them (`cem ...`), each one timed into stages.tsv
+# the stages as dvc.yaml calls them (`cem ...`), each one timed into stages.tsv. Its phase line
+# (CEM_STAGE_TIMES) goes to a file of its own first and joins stage_times.jsonl together with its row,
+# SIGTERM ignored from the moment the process ended: a stage stopped at the deadline leaves both or
+# neither, so the summary's two tables describe the same processes.
+mkdir -p "$ACC/times"
 cat > "$BIN/cem" <<EOF
 #!/usr/bin/env bash
-s=\$(date +%s%N); "$PY" -m stages.cli "\$@"; rc=\$?
+s=\$(date +%s%N); t=\$(mktemp "$ACC/times/XXXXXX")
+CEM_STAGE_TIMES=\$t "$PY" -m stages.cli "\$@"; rc=\$?
+trap '' TERM INT
+cat "\$t" >> "$ACC/stage_times.jsonl"; rm -f "\$t"
 printf '%s\t%s\t%s\n' "\$*" "\$(( (\$(date +%s%N) - s) / 1000000 ))" "\$rc" >> "$ACC/stages.tsv"; exit \$rc
 EOF
 printf '#!/usr/bin/env bash\nexec "%s" -m dvc "$@"\n' "$PY" > "$BIN/dvc"

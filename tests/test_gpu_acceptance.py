@@ -49,13 +49,17 @@ def test_acceptance_script_runs_end_to_end_at_tiny_size_over_two_calls_on_anothe
     summary = (out / "summary.md").read_text()
     assert summary.startswith("# GPU acceptance: dvc repro completed (profile smoke)")
     assert "resumed: call 2 of this run" in summary
-    stages = re.findall(r"^\| (prepare|train \w+|sample \w+|score \w+|tune \w+|reference-stats|report) \| [\d.]+ \| (\d+) \|$",
-                        summary, re.M)
+    row = r"^\| (prepare|train \w+|sample \w+|score \w+|tune \w+|reference-stats|report) \| [\d.]+ \| (\d+) \|$"
+    stages = re.findall(row, summary, re.M)
     from pipeline.sampler_specs import SPECS
     done = [name for name, rc in stages if rc == "0"]
     assert "prepare" in done and "report" in done, summary
-    assert len(done) == len(set(done)), summary  # the resumed call re-ran no finished stage
-    assert len([n for n in done if not n.startswith("tune ")]) == 1 + 3 + 2 * len(SPECS) + 2, summary
+    # the resumed call re-ran no stage DVC had recorded: at most the two (`--jobs 2`) that were running at
+    # the deadline may show twice (a stage whose process had ended when DVC, not yet recording it, stopped).
+    # The first call finished more than two, so re-running them all would fail here.
+    first_done = [n for n, rc in re.findall(row, (out1 / "summary.md").read_text(), re.M) if rc == "0"]
+    assert len(first_done) > 2 and len(done) - len(set(done)) <= 2, summary
+    assert len({n for n in done if not n.startswith("tune ")}) == 1 + 3 + 2 * len(SPECS) + 2, summary
     assert [n for n in done if n.startswith("tune ")], summary  # the tune@ stages ran too
     assert {n for n, rc in stages if rc != "0"} <= set(done), summary  # an interrupted stage finished later
     assert "Running stage 'report'" in (out / "acceptance.log").read_text()  # dvc's log folded in
