@@ -69,6 +69,28 @@ def test_seed_gaussians_reproduce_class_statistics():
         assert (factor.gather(0, big[None]) > 0).all()
 
 
+def test_overall_seed_gaussian_pools_the_class_moments():
+    """fit_seeds builds the overall Gaussian from the class scatters (within- plus between-class), with
+    no second pass over the training set: it must be the Gaussian fitted to all images directly."""
+    gen = torch.Generator().manual_seed(1)
+    imgs = (torch.rand(180, 3, 4, 4, generator=gen) * 255).round().to(torch.uint8)  # 48 dims: full branch
+    labels = torch.arange(180) % 3
+    imgs[labels == 1] //= 3  # class means apart: the between-class term matters
+    n, mean, scatter = data.pooled_moments([data.image_moments(imgs[labels == c]) for c in range(3)])
+    n0, mean0, scatter0 = data.image_moments(imgs)
+    assert n == n0 == 180
+    assert torch.allclose(mean, mean0, atol=1e-12) and torch.allclose(scatter, scatter0, rtol=1e-10, atol=1e-9)
+    seeds = data.fit_seeds(data.Split(imgs, labels), 3, 1e-4)
+    m, f, s = data.gaussian_factor(imgs, 1e-4)
+    assert s == seeds["all"]["iso_std"] == 0.0
+    got = seeds["all"]["factor"]
+    assert torch.allclose(seeds["all"]["mean"], m.float(), atol=1e-6)
+    assert torch.allclose(got @ got.T, (f @ f.T).float(), atol=1e-5)
+    for c in range(3):  # the class Gaussians: as fitted one by one
+        fc = data.gaussian_factor(imgs[labels == c], 1e-4)[1].float()
+        assert torch.equal(seeds["classes"][c]["factor"], fc)
+
+
 def test_class_seeds_have_the_class_mean_colour(prepared):
     tmp, _ = prepared
     seeds = data.load_seeds(tmp / "data")
