@@ -249,12 +249,12 @@ def gaussian_factor(images: torch.Tensor, ridge: float,
     distribution in far less space (subsets used by tests, the smoke profile, k-means clusters).
     `moments`: the images' (n, μ, scatter) when already known (`pooled_moments`), for the full branch."""
     if moments is None:
-        x = images.reshape(len(images), -1).to(torch.float64) / 255.0
-        n, d = x.shape
+        n, d = len(images), images[0].numel()
         if n - 1 < d:
-            xc = x - x.mean(0)
-            u, sv, _ = torch.linalg.svd(xc.T / math.sqrt(max(n - 1, 1)), full_matrices=False)
-            return x.mean(0), _sign_fixed(u * sv), math.sqrt(ridge)
+            x = images.reshape(n, -1).to(torch.float64) / 255.0
+            mean = x.mean(0)
+            u, sv, _ = torch.linalg.svd((x - mean).T / math.sqrt(max(n - 1, 1)), full_matrices=False)
+            return mean, _sign_fixed(u * sv), math.sqrt(ridge)
         moments = image_moments(images)
     n, mean, scatter = moments
     cov = scatter / (n - 1)
