@@ -148,6 +148,16 @@ if [ $resume = 0 ]; then  # kept with the run (an archive or an image folder): a
   echo "$SRC" > "$ACC/source"
 fi
 sets=(--set "data.source=$(cat "$ACC/source")")
+# --tiny on a CPU: each of the `jobs` stages side by side gets its share of the cores (runtime.threads of
+# every section that has one), not all of them: N thread pools on the same cores make every stage slower
+# (the tiny DAG on 2 cores, 2 jobs: 356 s with each stage on 2 threads, docs/performance.md)
+if [ $tiny = 1 ] && [ "$jobs" -gt 1 ]; then
+  per=$(( $(nproc) / jobs )); [ $per -ge 1 ] || per=1
+  for s in $("$PY" -c "from pipeline.params import Params  # the sections with a runtime (all have threads)
+print(*(n for n, f in Params.model_fields.items() if 'runtime' in getattr(f.annotation, 'model_fields', ())))"); do
+    sets+=(--set "$s.runtime.threads=$per")
+  done
+fi
 # CEM_ACCEPT_SETS: more `key=value` overrides for `cem profile` (e.g. another dataset; the tests use it)
 for kv in ${CEM_ACCEPT_SETS:-}; do sets+=(--set "$kv"); done
 [ ${#notes[@]} -gt 0 ] && [[ "${notes[0]}" == NO\ INCEPTION* ]] && sets+=(--set score.inception=false)

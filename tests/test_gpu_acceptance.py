@@ -21,16 +21,17 @@ pytestmark = pytest.mark.slow
 def test_acceptance_script_runs_end_to_end_at_tiny_size_over_two_calls_on_another_dataset(tmp_path):
     """The first call stops the DAG at its deadline; the second (`--resume`, as on a warm lent machine)
     finishes it without re-running a finished stage, and summarises both calls. The data: CIFAR-100's
-    shape (synthetic images, 10 / 5 per class: the DAG's plumbing, not its numbers)."""
+    shape (synthetic images, 5 / 5 per class: the DAG's plumbing, not its numbers)."""
     out1, out = tmp_path / "out1", tmp_path / "out"
     name, spec = "cifar100", DATASETS["cifar100"]
-    source = write_image_folder(tmp_path / "images", 10, 5, num_classes=spec.num_classes)
+    source = write_image_folder(tmp_path / "images", 5, 5, num_classes=spec.num_classes)
     before = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "CEM_WHEELS": str(tmp_path / "no-wheels"),  # the installed environment, not a GPU machine's wheels
            "CEM_STAGE": str(tmp_path / "stage"), "CEM_ACCEPT_WORK": str(tmp_path / "accept"),
            "CEM_DATA": str(source),
-           "CEM_ACCEPT_SETS": f"data.name={name} data.train_per_class=10 data.test_per_class=5"}
+           "CEM_ACCEPT_SETS": f"data.name={name} data.train_per_class=5 data.test_per_class=5 "
+                              "train_unsup.probe.train_per_class=5"}
     script = str(ROOT / "scripts" / "gpu_acceptance.sh")
     nothing = subprocess.run(["bash", script, "--tiny", "--resume", str(tmp_path / "out0")], env=env,
                              capture_output=True, text=True, timeout=60)
@@ -80,6 +81,12 @@ def test_acceptance_script_runs_end_to_end_at_tiny_size_over_two_calls_on_anothe
     from pipeline.checkpoints import load_model_file
     assert load_model_file(repo / "models" / "sup" / "model.pt")["num_classes"] == spec.num_classes  # heads sized
     assert load_model_file(repo / "models" / "ref" / "model.pt")["num_classes"] == spec.num_classes
+    # --tiny shares the cores between the 2 stages side by side: every section's runtime got its threads
+    import yaml
+    from pipeline.params import parse_params
+    p = parse_params(yaml.safe_load((repo / "params.yaml").read_text()))
+    assert {getattr(p, s).runtime.threads for s in ("train_sup", "train_ref", "train_unsup", "sample", "score")} \
+        == {max(1, len(os.sched_getaffinity(0)) // 2)}  # what `nproc` counts
     report = (repo / "reports" / "results.md").read_text()
     assert f"Dataset: **{name}** ({spec.num_classes} classes)" in report
     assert not re.search(r"\| 9\.80 \| 55\.91 \|", report)  # no CIFAR-10 paper numbers beside another dataset
