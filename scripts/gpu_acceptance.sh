@@ -19,7 +19,8 @@
 # the training filled. Everything kept goes to OUT in at most 8 files.
 #
 # Data: CEM_DATA (default .gpu/ or ../shared/data/cifar10-jpeg.tar.gz); CEM_ACCEPT_SETS adds overrides.
-# Jobs: CEM_ACCEPT_JOBS stages side by side (default 4 on the GPU, 2 with --tiny; 1 = plain dvc repro order).
+# Jobs: CEM_ACCEPT_JOBS stages side by side (default 4 on the GPU, 2 with --tiny, where each stage gets
+# runtime.threads = nproc / jobs; 1 = plain dvc repro order).
 # Time: CEM_ACCEPT_SECONDS (default 540) bounds the whole run; the DAG gets what the bench left
 # minus CEM_ACCEPT_RESERVE seconds (default 45) for the summary, and is stopped at that deadline.
 set -uo pipefail

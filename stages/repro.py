@@ -1,6 +1,7 @@
 """`cem repro [STAGE...] --jobs N`: `dvc repro` with independent stages running side by side."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -9,7 +10,7 @@ import typer
 
 from pipeline.errors import CemError
 from pipeline.progress import log, progress_bar
-from pipeline.repro import changed_stages, failure_line, read_dag, run_dag, select, to_check
+from pipeline.repro import changed_stages, failure_line, read_dag, run_dag, select, thread_share_note, to_check
 from pipeline.tracking import open_store
 
 from .common import ParamsPath, load, user_errors
@@ -35,8 +36,12 @@ def repro(
     if not check:
         log(f"repro: all {len(dag)} stage(s) up to date ({time.perf_counter() - t0:.1f} s)")
         return
-    if jobs > 1:  # stages started together must not race to create the MLflow store
-        open_store(load(params, None).experiment)
+    if jobs > 1:
+        p = load(params, None)
+        open_store(p.experiment)  # stages started together must not race to create the MLflow store
+        note = thread_share_note(p, jobs, len(os.sched_getaffinity(0)))
+        if note:
+            log(note)
     log(f"repro: {len(check)} of {len(dag)} stage(s) to check, at most {jobs} at a time "
         f"(the others are up to date); each stage's output in {log_dir}/STAGE.log")
     finished_count = 0

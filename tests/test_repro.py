@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from pipeline.errors import CemError
-from pipeline.repro import downstream_counts, parse_dot, read_dag, select, to_check
+from pipeline.params import parse_params
+from pipeline.repro import downstream_counts, parse_dot, read_dag, select, thread_share_note, to_check
 
 from .conftest import ROOT, cem, tiny_params, write_params
 
@@ -58,6 +59,20 @@ def test_stages_with_more_waiting_on_them_come_first():
     assert counts == {"prepare": 4, "train": 3, "sample@a": 1, "sample@b": 1, "report": 0}
 
 
+def test_stages_that_would_share_the_cores_are_named_with_their_share(tmp_path):
+    """N stages at once, each with a thread pool as large as the machine, contend for the cores (measured:
+    docs/performance.md): the note names the sections whose runtime.threads is null and runs on the CPU."""
+    p = parse_params(tiny_params(tmp_path, "unused", score={"runtime": {"device": "cuda"}}))  # train_*: 1 thread
+    note = thread_share_note(p, 4, 16)
+    assert note.startswith("note: 4 stages at once on 16 CPU cores, and sample use every core")
+    assert "runtime.threads: 4" in note and "--set sample.runtime.threads=4" in note
+    assert thread_share_note(p, 1, 16) is None  # one stage at a time: nothing shares
+    assert thread_share_note(p, 3, 2).endswith("sample.runtime.threads=1 ...`)")  # at least one thread
+    pinned = parse_params(tiny_params(tmp_path, "unused", sample={"runtime": {"threads": 2}},
+                                      score={"runtime": {"threads": 2}}))
+    assert thread_share_note(pinned, 4, 16) is None
+
+
 def _stage(name: str, seconds: float, deps: list[str], fail: bool = False) -> dict:
     """A toy stage: records when it ran, sleeps, writes its output (or fails with a one-line error)."""
     code = (f"import json,sys,time; t=time.time(); time.sleep({seconds}); "
@@ -93,6 +108,7 @@ def test_independent_stages_run_side_by_side_and_dvc_records_them(toy):
     _write_dvc_yaml(toy)
     proc = cem("repro", "--jobs", "2", cwd=toy)
     assert "5 ran" in proc.stderr
+    assert "note: 2 stages at once" in proc.stderr and "sample, score use every core" in proc.stderr
     left, right, join = _span(toy, "left"), _span(toy, "right"), _span(toy, "join")
     first = _span(toy, "first")
     assert left[0] < right[1] and right[0] < left[1], "left and right did not overlap"
