@@ -36,21 +36,22 @@ def dvc_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
 
 
-def thread_share_note(params, jobs: int, cores: int) -> Optional[str]:
+def thread_share_note(params, jobs: int, cores: int, cuda: bool = False) -> Optional[str]:
     """Stages side by side on the CPU each start a thread pool as large as the machine
     (`runtime.threads: null`); N such pools on the same cores slow every stage down (the smoke DAG on
     2 cores, `--jobs 2`: 243 s, against 150 s with one thread per stage; docs/performance.md). Which
     sections would, and what to set: a note, since the thread count is a param (it can change the bytes
-    of a CPU run), which a scheduler must not change behind DVC's back."""
+    of a CPU run), which a scheduler must not change behind DVC's back. `cuda`: whether a GPU is usable
+    (then `device: auto` runs there, and its CPU threads mostly wait)."""
     if jobs < 2:
         return None
     loose = [name for name in type(params).model_fields
              if (rt := getattr(getattr(params, name), "runtime", None)) is not None
-             and rt.threads is None and rt.device != "cuda"]
+             and rt.threads is None and (rt.device == "cpu" or rt.device == "auto" and not cuda)]
     if not loose:
         return None
     share = max(1, cores // jobs)
-    return (f"note: {jobs} stages at once on {cores} CPU cores, and {', '.join(loose)} use every core "
+    return (f"note: {jobs} stages at once on {cores} CPU cores, and {', '.join(loose)} {'uses' if len(loose) == 1 else 'use'} every core "
             f"(runtime.threads: null), so they contend for them; give each its share with runtime.threads: "
             f"{share} in those sections (e.g. `cem profile NAME --set {loose[0]}.runtime.threads={share} ...`)")
 

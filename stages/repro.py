@@ -39,7 +39,8 @@ def repro(
     if jobs > 1:
         p = load(params, None)
         open_store(p.experiment)  # stages started together must not race to create the MLflow store
-        note = thread_share_note(p, jobs, len(os.sched_getaffinity(0)))
+        import torch  # already imported with the params
+        note = thread_share_note(p, jobs, len(os.sched_getaffinity(0)), torch.cuda.is_available())
         if note:
             log(note)
     log(f"repro: {len(check)} of {len(dag)} stage(s) to check, at most {jobs} at a time "

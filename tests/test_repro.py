@@ -64,8 +64,11 @@ def test_stages_that_would_share_the_cores_are_named_with_their_share(tmp_path):
     docs/performance.md): the note names the sections whose runtime.threads is null and runs on the CPU."""
     p = parse_params(tiny_params(tmp_path, "unused", score={"runtime": {"device": "cuda"}}))  # train_*: 1 thread
     note = thread_share_note(p, 4, 16)
-    assert note.startswith("note: 4 stages at once on 16 CPU cores, and sample use every core")
+    assert note.startswith("note: 4 stages at once on 16 CPU cores, and sample uses every core")
     assert "runtime.threads: 4" in note and "--set sample.runtime.threads=4" in note
+    assert thread_share_note(p, 4, 16, cuda=True) is None  # device: auto runs on the GPU there
+    assert thread_share_note(parse_params(tiny_params(tmp_path, "unused", sample={"runtime": {"device": "cpu"}})),
+                             4, 16, cuda=True).startswith("note: 4 stages at once on 16 CPU cores, and sample uses")
     assert thread_share_note(p, 1, 16) is None  # one stage at a time: nothing shares
     assert thread_share_note(p, 3, 2).endswith("sample.runtime.threads=1 ...`)")  # at least one thread
     pinned = parse_params(tiny_params(tmp_path, "unused", sample={"runtime": {"threads": 2}},
