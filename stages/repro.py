@@ -20,8 +20,8 @@ _MARK = {"ran": "ran", "restored": "restored from DVC's run cache:", "unchanged"
 
 @user_errors
 def repro(
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Stages run side by side (required: on a "
-                                      "2-core CPU plain `dvc repro` is faster; 4 on a GPU machine).")],
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Stages run side by side (required: 4 on a GPU "
+                                      "machine; on a CPU it pays only with runtime.threads = cores / N).")],
     targets: Annotated[Optional[list[str]], typer.Argument(
         help="Stages to bring up to date, with everything upstream of them (default: the whole DAG).")] = None,
     log_dir: Annotated[Path, typer.Option(help="Each stage's output goes to LOG_DIR/STAGE.log.")] = Path("logs/repro"),
