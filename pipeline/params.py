@@ -464,6 +464,11 @@ class Params(Strict):
         return self
 
 
+RUNTIME_SECTIONS = tuple(name for name, field in Params.model_fields.items()
+                         if "runtime" in getattr(field.annotation, "model_fields", ()))
+"""The params sections with a `runtime` (where a stage runs, on how many threads)."""
+
+
 # ----------------------------------------------------------------------------- loading
 def _format_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]

@@ -45,13 +45,14 @@ def thread_share_note(params, jobs: int, cores: int, cuda: bool = False) -> Opti
     (then `device: auto` runs there, and its CPU threads mostly wait)."""
     if jobs < 2:
         return None
-    loose = [name for name in type(params).model_fields
-             if (rt := getattr(getattr(params, name), "runtime", None)) is not None
-             and rt.threads is None and (rt.device == "cpu" or rt.device == "auto" and not cuda)]
+    from .params import RUNTIME_SECTIONS
+    loose = [name for name in RUNTIME_SECTIONS if (rt := getattr(params, name).runtime).threads is None
+             and (rt.device == "cpu" or rt.device == "auto" and not cuda)]
     if not loose:
         return None
     share = max(1, cores // jobs)
-    return (f"note: {jobs} stages at once on {cores} CPU cores, and {', '.join(loose)} {'uses' if len(loose) == 1 else 'use'} every core "
+    verb = "uses" if len(loose) == 1 else "use"
+    return (f"note: {jobs} stages at once on {cores} CPU cores, and {', '.join(loose)} {verb} every core "
             f"(runtime.threads: null), so they contend for them; give each its share with runtime.threads: "
             f"{share} in those sections (e.g. `cem profile NAME --set {loose[0]}.runtime.threads={share} ...`)")
 
@@ -187,6 +188,23 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def _group_members(pgid: int) -> Optional[set[int]]:
+    """The processes of group `pgid` other than its leader (Linux: from /proc); None where /proc is missing."""
+    if not os.path.isdir("/proc/self"):
+        return None
+    members = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and int(entry.name) != pgid:
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()  # after the command name: state, ppid, pgrp
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid:
+                members.add(int(entry.name))
+    return members
+
+
 def _group_alive(pgid: int) -> bool:
     """Whether any process of the group still exists (its leader, DVC, already reaped)."""
     try:
@@ -239,10 +257,6 @@ def run_dag(dag: dict[str, list[str]], jobs: int, cwd: Path, log_dir: Path, chec
         running[name] = _Running(name, proc, time.perf_counter(), log)
         on_start(name, sorted(running))
 
-    def stop_all(sig: int) -> None:
-        for r in running.values():
-            _signal_group(r.proc.pid, sig)
-
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
@@ -265,10 +279,14 @@ def run_dag(dag: dict[str, list[str]], jobs: int, cwd: Path, log_dir: Path, chec
                 failed = failed or rc != 0
                 on_finish(result, sorted(running))
     except KeyboardInterrupt:
-        # the whole group of each `dvc repro`: DVC dies at once, the stage under it ends like Ctrl-C (its
-        # run marked KILLED, its lock released) and is waited for, so a `cem repro` or `dvc repro` started
-        # right after this one returns never meets it still holding its output folder
-        stop_all(signal.SIGTERM)
+        # Each stage's command (everything in its `dvc repro`'s group but DVC) ends like Ctrl-C (its run
+        # marked KILLED, its lock released); DVC itself is not signalled: it sees its command fail and
+        # exits without recording the stage, or, had the command already finished, finishes writing
+        # dvc.lock (killed mid-write, it lost the record of stages finished before: they ran again). A
+        # command DVC starts after this is stopped the same way. Everything is waited for, so a `cem
+        # repro` or `dvc repro` started right after this one returns never meets a stage still holding
+        # its output folder. Without /proc, the whole group is signalled (DVC too).
+        signalled: dict[int, set[int]] = {r.proc.pid: set() for r in running.values()}
         deadline = time.perf_counter() + 10  # a stage winds down in ~1-2 s; `timeout -k 15` must not beat us
         for r in running.values():
             while r.proc.poll() is None or _group_alive(r.proc.pid):
@@ -276,6 +294,19 @@ def run_dag(dag: dict[str, list[str]], jobs: int, cwd: Path, log_dir: Path, chec
                     _signal_group(r.proc.pid, signal.SIGKILL)
                     r.proc.wait()
                     break
+                for other in running.values():  # every group, while waiting for any of them
+                    members = _group_members(other.proc.pid)
+                    if members is None:
+                        if not signalled[other.proc.pid]:
+                            _signal_group(other.proc.pid, signal.SIGTERM)
+                            signalled[other.proc.pid].add(other.proc.pid)
+                        continue
+                    for pid in members - signalled[other.proc.pid]:
+                        try:
+                            os.kill(pid, signal.SIGTERM)
+                        except ProcessLookupError:
+                            pass
+                        signalled[other.proc.pid].add(pid)
                 time.sleep(0.05)
         raise
     finally:

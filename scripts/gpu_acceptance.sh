@@ -151,11 +151,10 @@ fi
 sets=(--set "data.source=$(cat "$ACC/source")")
 # --tiny on a CPU: each of the `jobs` stages side by side gets its share of the cores (runtime.threads of
 # every section that has one), not all of them: N thread pools on the same cores make every stage slower
-# (the tiny DAG on 2 cores, 2 jobs: 356 s with each stage on 2 threads, docs/performance.md)
+# (the tiny DAG on 2 cores, 2 jobs: 267-284 s with each stage on 2 threads, 155-164 s on 1; docs/performance.md)
 if [ $tiny = 1 ] && [ "$jobs" -gt 1 ]; then
   per=$(( $(nproc) / jobs )); [ $per -ge 1 ] || per=1
-  for s in $("$PY" -c "from pipeline.params import Params  # the sections with a runtime (all have threads)
-print(*(n for n, f in Params.model_fields.items() if 'runtime' in getattr(f.annotation, 'model_fields', ())))"); do
+  for s in $("$PY" -c "from pipeline.params import RUNTIME_SECTIONS; print(*RUNTIME_SECTIONS)"); do
     sets+=(--set "$s.runtime.threads=$per")
   done
 fi

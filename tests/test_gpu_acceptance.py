@@ -83,9 +83,10 @@ def test_acceptance_script_runs_end_to_end_at_tiny_size_over_two_calls_on_anothe
     assert load_model_file(repo / "models" / "ref" / "model.pt")["num_classes"] == spec.num_classes
     # --tiny shares the cores between the 2 stages side by side: every section's runtime got its threads
     import yaml
-    from pipeline.params import parse_params
+    from pipeline.params import RUNTIME_SECTIONS, parse_params
     p = parse_params(yaml.safe_load((repo / "params.yaml").read_text()))
-    assert {getattr(p, s).runtime.threads for s in ("train_sup", "train_ref", "train_unsup", "sample", "score")} \
+    assert set(RUNTIME_SECTIONS) == {"train_sup", "train_ref", "train_unsup", "sample", "score"}
+    assert {getattr(p, s).runtime.threads for s in RUNTIME_SECTIONS} \
         == {max(1, len(os.sched_getaffinity(0)) // 2)}  # what `nproc` counts
     report = (repo / "reports" / "results.md").read_text()
     assert f"Dataset: **{name}** ({spec.num_classes} classes)" in report

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -183,8 +184,23 @@ def test_sigterm_stops_the_running_stages_and_waits_for_them(toy):
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted"
     assert time.time() - t0 < 30
     assert (toy / "wound-down").exists(), "cem repro returned before its stage had ended"
+    # DVC itself was not signalled: it saw its command fail and ended by itself, never mid-write of dvc.lock
+    assert "failed to reproduce 'slow'" in (toy / "logs" / "repro" / "slow.log").read_text()
     left = subprocess.run(["pgrep", "-f", f"{sys.executable} slow.py"], capture_output=True, text=True).stdout.split()
     assert not left, "the stage's process outlived cem repro"
+
+
+def test_a_groups_members_are_found_without_its_leader():
+    from pipeline.repro import _group_members
+    leader = subprocess.Popen(["sh", "-c", "sleep 30 & echo $!; wait"], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        child = int(leader.stdout.readline())
+        members = _group_members(leader.pid)
+        assert child in members and leader.pid not in members
+    finally:
+        os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait()
 
 
 def test_the_projects_dag_is_read_from_dvc():
