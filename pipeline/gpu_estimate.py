@@ -25,6 +25,7 @@ from typing import Optional
 
 from .datasets import require_dataset
 from .model_kinds import MODEL_KINDS
+from .params import EVALUATED
 from .sampler_specs import SPECS
 
 LOOP_KEYS = {"optim", "runtime", "checkpoint_every", "out_dir"}
@@ -194,6 +195,7 @@ def estimate(p, table: dict, stages: Optional[dict] = None, root: Optional[Path]
     e = Estimator(p, table, stages, root)
     rows = [e.measured_only("prepare")]
     rows += [e.training(name, getattr(p, name)) for name in ("train_sup", "train_ref", "train_unsup")]
+    rows += [e.measured_only(f"evaluate@{n}") for n in EVALUATED]
     rows += [e.sampling(name) for name in SPECS]
     rows += [e.measured_only("reference_stats")] + [e.measured_only(f"score@{n}") for n in SPECS]
     rows += [e.tuning(n) for n in tuned_samplers((Path(root) if root else REPO) / "dvc.yaml")]
@@ -216,9 +218,10 @@ def summary(p, path: Path, stages_path: Optional[Path] = None, root: Optional[Pa
     unknown = [n for n, s, _ in rows if s is None]
     lines = [f"estimated GPU time on {table.get('device', '?')} (bench {table.get('date', '?')}"
              + (f", stages {stages.get('date', '?')} at {stages.get('commit', '?')[:9]}" if stages else "") + "):"]
+    width = max(len("total (known stages)"), *(len(name) for name, _, _ in rows))
     for name, secs, why in rows:
-        lines.append(f"  {name:22s} " + (_duration(secs) if secs is not None else "   unknown") + f"  [{why}]")
-    lines.append(f"  {'total (known stages)':22s} {_duration(sum(known))}"
+        lines.append(f"  {name:{width}s} " + (_duration(secs) if secs is not None else "   unknown") + f"  [{why}]")
+    lines.append(f"  {'total (known stages)':{width}s} {_duration(sum(known))}"
                  + (f" + {len(unknown)} stage(s) not measured" if unknown else "") + ", one stage at a time")
     jobs = int((stages or {}).get("jobs", 1))
     if jobs > 1:

@@ -4,7 +4,8 @@ A kind is recorded in every model file (`model.pt`'s "kind") and answers, in one
 rest of the pipeline asks of a model: which params section trains it (and so where its file lives),
 how the report labels its training, how its network is rebuilt from a model file, whether sampling
 needs a bank of embedded training images (the contrastive energy's importance sample), whether it may
-judge samples, and whether its training curves are the linear probe's. Samplers name the kind they
+judge samples, whether its training curves are the linear probe's, and which network classifies test
+images when `cem evaluate` measures it. Samplers name the kind they
 draw from (`sampler_specs`), and `spec()` refuses an unregistered one.
 
 To add a kind: one `kind(...)` entry here (its `build` reads what its recipe's `model_blob` writes) and
@@ -26,6 +27,11 @@ class ModelKind:
     sampling_bank: bool = False        # samplers embed a bank of training images with it
     can_judge: bool = False            # may score samples (a classifier's features and logits)
     probe_curves: bool = False         # its training curves plot a linear probe's accuracies
+    classify: Optional[Callable[[dict], object]] = None
+    """(model-file blob) -> the network `cem evaluate` measures (test images -> logits); None: `build`."""
+
+    def classifier(self, blob: dict):
+        return (self.classify or self.build)(blob)
 
 
 MODEL_KINDS: dict[str, ModelKind] = {}
@@ -69,5 +75,21 @@ def _build_contrastive(blob: dict):
     return _load(ContrastiveModel(ArchParams(**blob["arch"]), blob["proj_dim"]), blob, "the recorded architecture")
 
 
+def _contrastive_probe(blob: dict):
+    """The encoder with the linear probe its training fitted (model file's probe_state_dict): how an
+    encoder's accuracy is measured (docs/science.md §3)."""
+    from .errors import CemError
+    from .models import LinearProbe
+    if "probe_state_dict" not in blob:
+        raise CemError("the model file has no linear probe (probe_state_dict); retrain it with `cem train unsupervised`")
+    probe = LinearProbe(_build_contrastive(blob), blob["num_classes"])
+    try:
+        probe.fc.load_state_dict(blob["probe_state_dict"])
+    except RuntimeError as exc:
+        raise CemError(f"the linear probe's weights do not fit the encoder: {str(exc).splitlines()[0]}") from None
+    return probe.eval()
+
+
 kind("classifier", "supervised", "train_sup", _build_classifier, can_judge=True)
-kind("contrastive", "unsupervised", "train_unsup", _build_contrastive, sampling_bank=True, probe_curves=True)
+kind("contrastive", "unsupervised", "train_unsup", _build_contrastive, sampling_bank=True, probe_curves=True,
+     classify=_contrastive_probe)

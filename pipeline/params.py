@@ -112,8 +112,9 @@ class AttackParams(Strict):
 
 
 class EvalAttackParams(Strict):
-    """The evaluation attack's threat model: PGD from a random start with eval.attack_steps (final)
-    or eval.epoch_attack_steps (during training) steps."""
+    """The threat model a model is evaluated under: PGD from a random start, with eval.epoch_attack_steps
+    steps during training and evaluate.NAME.attack_steps in the final evaluation (`cem evaluate`, which
+    reads it from the model file: a model carries the threat model it was trained to resist)."""
     norm: Literal["l2", "linf"] = "l2"
     eps: float = Field(default=0.5, ge=0)
     step_size: Optional[float] = Field(default=None, gt=0)
@@ -125,20 +126,13 @@ class EvalAttackParams(Strict):
 
 
 class EvalParams(Strict):
-    test_per_class: Optional[int] = Field(default=100, gt=0)
-    """Final evaluation set: a fixed stratified subset of the test set (None: all 10,000)."""
-    attack_steps: int = Field(default=20, ge=0)
+    """The evaluations during training (the curve): clean and PGD accuracy on a small fixed test subset.
+    The final evaluation is a stage of its own (`evaluate` section), so changing it never retrains."""
     every_steps: int = Field(default=200, gt=0)
-    """Evaluate (clean + PGD-k on `epoch_per_class`) every this many optimizer steps."""
+    """Evaluate (clean + PGD-k on `epoch_per_class`) every this many optimizer steps, and after the last."""
     epoch_per_class: int = Field(default=20, gt=0)
     epoch_attack_steps: int = Field(default=5, ge=0)
     batch_size: int = Field(default=500, gt=0)
-    final_attack: Literal["pgd", "autoattack"] = "pgd"
-    """`autoattack`: the final evaluation also reports AutoAttack accuracy (standard version: APGD-CE,
-    APGD-T, FAB-T, Square; torchattacks' implementation), with PGD on the same images beside it."""
-    autoattack_per_class: Optional[int] = Field(default=10, gt=0)
-    """AutoAttack's images per class (a stratified subset of the final evaluation set; None: all of it).
-    It costs minutes per 100 images on a CPU (docs/performance.md)."""
 
 
 class OptimParams(Strict):
@@ -246,6 +240,50 @@ class UnsupervisedParams(Strict):
     checkpoint_every: int = Field(default=50, gt=0)
     out_dir: str = "models/unsup"
     runtime: RuntimeParams = Field(default_factory=RuntimeParams)
+
+
+# ----------------------------------------------------------------------------- final evaluation
+class EvalRuntimeParams(DeviceParams):
+    """How a model runs when `cem evaluate` attacks it."""
+    channels_last: bool = True
+    amp: Union[bool, Literal["auto"]] = "auto"
+    """bf16 autocast of the PGD attack and its clean pass (as in training; `auto` as there). A model
+    evaluated without an attack (the judge) is measured in fp32, as scoring uses it. AutoAttack is
+    always fp32 (torchattacks)."""
+
+
+class FinalEvalParams(Strict):
+    """The final evaluation of one trained model (`cem evaluate NAME`, DVC stage evaluate@NAME): clean
+    and PGD accuracy on a fixed stratified test subset, and AutoAttack on a subset of that, under the
+    threat model recorded in the model file (its training section's eval_attack)."""
+    test_per_class: Optional[int] = Field(default=100, gt=0)
+    """Test images per class (a fixed stratified subset; None: the whole test split)."""
+    attack_steps: int = Field(default=20, ge=0)
+    """PGD steps (0: clean accuracy only)."""
+    autoattack: bool = False
+    """Also AutoAttack (standard version: APGD-CE, APGD-T, FAB-T, Square; torchattacks' implementation),
+    with PGD on the same images beside it. Minutes per 100 images on a CPU (docs/performance.md)."""
+    autoattack_per_class: Optional[int] = Field(default=10, gt=0)
+    """AutoAttack's images per class (a stratified subset of the evaluation set; None: all of it)."""
+    batch_size: int = Field(default=500, gt=0)
+    seed: int = Field(default=12345, ge=0)
+    """Seeds PGD's random starts and AutoAttack (the image subsets are fixed: every seed attacks the same images)."""
+    runtime: EvalRuntimeParams = Field(default_factory=EvalRuntimeParams)
+
+
+EVALUATED = {"sup": "train_sup", "ref": "train_ref", "unsup": "train_unsup"}
+"""`cem evaluate NAME`: which training section's model each evaluate.NAME evaluates."""
+
+
+MOVED_TO_EVALUATE = {"test_per_class": "test_per_class", "attack_steps": "attack_steps",
+                     "final_attack": "autoattack (true/false)", "autoattack_per_class": "autoattack_per_class"}
+"""Keys of a training section's `eval` that moved to `evaluate.NAME` (an old params file gets told where)."""
+
+
+class EvaluateParams(Strict):
+    sup: FinalEvalParams = Field(default_factory=FinalEvalParams)
+    ref: FinalEvalParams = Field(default_factory=lambda: FinalEvalParams(test_per_class=None, attack_steps=0))
+    unsup: FinalEvalParams = Field(default_factory=FinalEvalParams)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -452,6 +490,7 @@ class Params(Strict):
     train_ref: SupervisedParams = Field(default_factory=lambda: SupervisedParams(
         attack=AttackParams(eps=0.0, steps=0), out_dir="models/ref"))
     train_unsup: UnsupervisedParams = Field(default_factory=UnsupervisedParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     sample: SampleParams = Field(default_factory=SampleParams)
     score: ScoreParams = Field(default_factory=ScoreParams)
     tune: TuneParams = Field(default_factory=TuneParams)
@@ -464,9 +503,28 @@ class Params(Strict):
         return self
 
 
-RUNTIME_SECTIONS = tuple(name for name, field in Params.model_fields.items()
-                         if "runtime" in getattr(field.annotation, "model_fields", ()))
-"""The params sections with a `runtime` (where a stage runs, on how many threads)."""
+def _runtime_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    out = []
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            if "runtime" in sub.model_fields:
+                out.append(prefix + name)
+            elif not issubclass(sub, DeviceParams):
+                out.extend(_runtime_paths(sub, f"{prefix}{name}."))
+    return out
+
+
+RUNTIME_SECTIONS = tuple(_runtime_paths(Params))
+"""The params sections with a `runtime` (where a stage runs, on how many threads), dotted
+(`evaluate.sup`): `runtime_section(params, path)` reads one."""
+
+
+def runtime_section(params: "Params", path: str):
+    node = params
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
 
 
 # ----------------------------------------------------------------------------- loading
@@ -476,6 +534,11 @@ def _format_error(err: ValidationError, source: str) -> str:
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+        loc_ = first["loc"]
+        if len(loc_) == 3 and loc_[1] == "eval" and loc_[2] in MOVED_TO_EVALUATE and loc_[0] in EVALUATED.values():
+            short = next(k for k, v in EVALUATED.items() if v == loc_[0])
+            msg = (f"the final evaluation is its own stage now: set evaluate.{short}."
+                   f"{MOVED_TO_EVALUATE[loc_[2]]} instead (changing it no longer retrains the model)")
         if len(first["loc"]) == 3 and first["loc"][0] == "sample" and first["loc"][2] in KNOB_FIELDS:
             knob = first["loc"][2]
             owners = [n for n, spec in SPECS.items() if knob in spec.knobs]

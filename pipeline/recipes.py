@@ -9,7 +9,6 @@ A recipe is built from its params section, the data and the device, and offers
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 import torch.nn.functional as F
@@ -18,92 +17,15 @@ from torch import nn
 from . import augment, distributed, rng
 from .attacks import ascend, frozen, pgd, random_init, threat_model
 from .data import Dataset, stratified_indices
+from .evaluation import EVAL_SEED, evaluate, to_float
 from .errors import CemError
 from .losses import nt_xent
 from .models import ContrastiveModel, LinearProbe, build_classifier
 from .params import EvalAttackParams, SupervisedParams, UnsupervisedParams
 from .runtime import amp_decision, autocast, maybe_compile, wrap_ddp
 
-EVAL_SEED = 12345
 WHITEN_IMAGES = 5000
 """Training images whose 2x2 patches set a whitening stem (airbench's number)."""
-
-
-def to_float(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = images.to(device, non_blocking=True).float().div_(255)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-
-def attack_kwargs(attack: EvalAttackParams, steps: int) -> dict:
-    return dict(norm=attack.norm, eps=attack.eps, steps=steps, step_size=attack.resolved_step_size(steps),
-                random_start=attack.random_start)
-
-
-@torch.no_grad()
-def _predict(model, x):
-    return model(x).argmax(1)
-
-
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: EvalAttackParams,
-             steps: int, batch_size: int, device: torch.device, channels_last: bool, amp: bool = False) -> dict:
-    """Clean and PGD-`steps` accuracy (%); a random start is drawn from a fixed generator."""
-    was_training = model.training
-    model.eval()
-    gen = rng.generator(EVAL_SEED, device)  # the random starts are drawn where the attack runs
-    clean = robust = 0
-    for i in range(0, len(labels), batch_size):
-        x = to_float(images[i:i + batch_size], device, channels_last)
-        y = labels[i:i + batch_size].to(device)
-        with autocast(device, amp):
-            clean += (_predict(model, x) == y).sum().item()
-            if attack.eps > 0 and steps > 0:
-                xa = pgd(model, x, y, generator=gen, **attack_kwargs(attack, steps))
-                robust += (_predict(model, xa) == y).sum().item()
-    model.train(was_training)
-    n = len(labels)
-    out = {"clean_acc": 100.0 * clean / n}
-    if attack.eps > 0 and steps > 0:
-        out["robust_acc"] = 100.0 * robust / n
-    return out
-
-
-def autoattack_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: EvalAttackParams,
-                        batch_size: int, device: torch.device, num_classes: int) -> float:
-    """Robust accuracy (%) under AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square), the
-    field's reported number (RobustBench); torchattacks' implementation (a maintained package, already
-    our cross-check of PGD), seeded, fp32. Our models normalise inside and take [0,1] inputs."""
-    import copy
-
-    import torchattacks
-    # torchattacks' FAB reshapes input gradients with .view(), which fails on channels_last tensors:
-    # attack a contiguous-format copy of the network with contiguous inputs.
-    net = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
-    norm = {"l2": "L2", "linf": "Linf"}[attack.norm]
-    aa = torchattacks.AutoAttack(net, norm=norm, eps=attack.eps, version="standard", n_classes=num_classes,
-                                 seed=EVAL_SEED)
-    correct = 0
-    for i in range(0, len(labels), batch_size):
-        x = to_float(images[i:i + batch_size], device, False)
-        y = labels[i:i + batch_size].to(device)
-        correct += (_predict(net, aa(x, y)) == y).sum().item()
-    return 100.0 * correct / len(labels)
-
-
-def wants_autoattack(p, steps: int) -> bool:
-    """eval.final_attack = autoattack, and there is an attack to run (ε > 0, steps > 0)."""
-    return p.eval.final_attack == "autoattack" and p.eval_attack.eps > 0 and steps > 0
-
-
-def final_autoattack(model, data: Dataset, final_idx: torch.Tensor, p, device, channels_last, amp) -> dict:
-    """eval.final_attack = autoattack: AutoAttack and PGD-`attack_steps` on the same stratified subset."""
-    sub = final_idx[stratified_indices(data.test.labels[final_idx], p.eval.autoattack_per_class, EVAL_SEED)]
-    x, y = data.test.images[sub], data.test.labels[sub]
-    pgd_same = evaluate(model, x, y, p.eval_attack, p.eval.attack_steps, p.eval.batch_size, device, channels_last, amp)
-    t0 = time.perf_counter()
-    acc = autoattack_accuracy(model, x, y, p.eval_attack, p.eval.batch_size, device, len(data.classes))
-    return {"autoattack_acc": acc, "pgd_acc_on_autoattack_images": pgd_same.get("robust_acc"),
-            "autoattack_images": len(sub), "autoattack_seconds": round(time.perf_counter() - t0, 1)}
 
 
 # ----------------------------------------------------------------------------- supervised
@@ -133,7 +55,6 @@ class SupervisedRecipe:
         self.random_start = a.random_start or a.kind == "fgsm_rs"
         self.threat = threat_model(a.norm, a.eps)
         self.test_idx_epoch = stratified_indices(data.test.labels, p.eval.epoch_per_class, EVAL_SEED)
-        self.test_idx_final = stratified_indices(data.test.labels, p.eval.test_per_class, EVAL_SEED)
 
     def train_step(self, xb, yb, gen, rows):
         p, device = self.p, self.device
@@ -154,23 +75,17 @@ class SupervisedRecipe:
         return loss, {"train_acc": (logits.argmax(1) == y).float().mean().detach() * 100}  # read at log steps
 
     def evaluate(self, final: bool) -> dict:
+        """A point of the training curve (the last one too: `cem evaluate` makes the final evaluation)."""
         p = self.p
-        idx = self.test_idx_final if final else self.test_idx_epoch
-        steps = p.eval.attack_steps if final else p.eval.epoch_attack_steps
-        # the final clean accuracy of a standard model (the judge) is measured in fp32, as scoring uses it
-        amp = self.amp and not (final and not self.adversarial)
-        res = evaluate(self.model, self.data.test.images[idx], self.data.test.labels[idx], p.eval_attack, steps,
-                       p.eval.batch_size, self.device, self.cl, amp)
-        if final:
-            res["eval_images"] = len(idx)
-            if wants_autoattack(p, steps):
-                res.update(final_autoattack(self.model, self.data, idx, p, self.device, self.cl, self.amp))
-        return res
+        idx = self.test_idx_epoch
+        return evaluate(self.model, self.data.test.images[idx], self.data.test.labels[idx], p.eval_attack,
+                        p.eval.epoch_attack_steps, p.eval.batch_size, self.device, self.cl, self.amp)
 
     def model_blob(self, run_id: str, params_hash: str) -> dict:
         return {"kind": "classifier", "arch": self.p.arch.model_dump(), "num_classes": self.num_classes,
                 "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},
-                "params_hash": params_hash, "classes": self.data.classes}
+                "params_hash": params_hash, "classes": self.data.classes,
+                "threat_model": self.p.eval_attack.model_dump()}
 
 
 # ----------------------------------------------------------------------------- contrastive
@@ -202,7 +117,6 @@ class ContrastiveRecipe:
                            "or attack.steps is 0): the loss would be empty")
         self.probe_idx = stratified_indices(data.train.labels, p.probe.train_per_class, EVAL_SEED)
         self.test_idx_epoch = stratified_indices(data.test.labels, p.eval.epoch_per_class, EVAL_SEED)
-        self.test_idx_final = stratified_indices(data.test.labels, p.eval.test_per_class, EVAL_SEED)
         self.probe = None
 
     def train_step(self, xb, _yb, gen, rows):
@@ -244,21 +158,18 @@ class ContrastiveRecipe:
         return loss, {}
 
     def evaluate(self, final: bool) -> dict:
+        """A point of the training curve: a linear probe fitted on the frozen features (for half its
+        epochs; the last point fits it fully and keeps it for the model file), clean and PGD accuracy."""
         p, data = self.p, self.data
         probe = fit_linear_probe(self.model, data.train.images[self.probe_idx], data.train.labels[self.probe_idx],
                                  len(data.classes), p.probe.epochs if final else max(1, p.probe.epochs // 2),
                                  p.probe.lr, p.probe.batch_size, self.device, self.cl, seed=p.seed)
-        idx = self.test_idx_final if final else self.test_idx_epoch
-        steps = p.eval.attack_steps if final else p.eval.epoch_attack_steps
-        res = evaluate(probe, data.test.images[idx], data.test.labels[idx], p.eval_attack, steps,
+        idx = self.test_idx_epoch
+        res = evaluate(probe, data.test.images[idx], data.test.labels[idx], p.eval_attack, p.eval.epoch_attack_steps,
                        p.eval.batch_size, self.device, self.cl, self.amp)
-        if final and wants_autoattack(p, steps):
-            res.update(final_autoattack(probe, data, idx, p, self.device, self.cl, self.amp))
-        res = {f"probe_{k}": v for k, v in res.items()}
         if final:
-            res["eval_images"] = len(idx)
             self.probe = probe
-        return res
+        return {f"probe_{k}": v for k, v in res.items()}
 
     def model_blob(self, run_id: str, params_hash: str) -> dict:
         if self.probe is None:
@@ -267,7 +178,8 @@ class ContrastiveRecipe:
                 "tau": self.p.contrastive.tau, "num_classes": len(self.data.classes),
                 "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},
                 "probe_state_dict": {k: v.cpu() for k, v in self.probe.fc.state_dict().items()},
-                "params_hash": params_hash, "classes": self.data.classes}
+                "params_hash": params_hash, "classes": self.data.classes,
+                "threat_model": self.p.eval_attack.model_dump()}
 
 
 @torch.no_grad()

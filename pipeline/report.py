@@ -161,24 +161,24 @@ def plot_scores(scores: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def model_rows(model_metrics: dict[str, Path]) -> list[str]:
+def model_rows(model_metrics: dict[str, tuple[Path, Path]]) -> list[str]:
+    """One row per model: its final evaluation (`cem evaluate`'s metrics) beside its training's cost."""
     lines = ["| model | clean acc (%) | robust acc (%) | attack | eval images | AutoAttack acc (%) (PGD on the same images) "
              "| train s | img/s |", "|---|---|---|---|---|---|---|---|"]
-    for label, path in model_metrics.items():
-        path = Path(path)
-        if not path.exists():
+    for label, (train_path, eval_path) in model_metrics.items():
+        train_path, eval_path = Path(train_path), Path(eval_path)
+        if not train_path.exists():
             lines.append(f"| {label} | not trained | | | | | | |")
             continue
-        m = read_json_file(path, "training metrics")
-        clean = m.get("clean_acc", m.get("probe_clean_acc"))
-        robust = m.get("robust_acc", m.get("probe_robust_acc"))
-        aa = m.get("autoattack_acc", m.get("probe_autoattack_acc"))
-        aa_txt = "not run (eval.final_attack: pgd)" if aa is None else (
-            f"{_f(aa)} ({_f(m.get('pgd_acc_on_autoattack_images', m.get('probe_pgd_acc_on_autoattack_images')))}) "
-            f"on {m.get('autoattack_images', m.get('probe_autoattack_images'))} images")
-        lines.append(f"| {label} | {_f(clean)} | {_f(robust)} | {m.get('eval_attack', '')} | "
-                     f"{m.get('eval_images', '')} | {aa_txt} | {m.get('train_seconds', '')} | "
-                     f"{m.get('images_per_second', '')} |")
+        t = read_json_file(train_path, "training metrics")
+        m = read_json_file(eval_path, "evaluation metrics") if eval_path.exists() else {}
+        aa = m.get("autoattack_acc")
+        aa_txt = ("not evaluated" if not m else "not run (autoattack: false)") if aa is None else (
+            f"{_f(aa)} ({_f(m.get('pgd_acc_on_autoattack_images'))}) on {m.get('autoattack_images')} images")
+        clean = _f(m["clean_acc"]) if "clean_acc" in m else "not evaluated"
+        lines.append(f"| {label} | {clean} | {_f(m.get('robust_acc'))} | {m.get('threat_model', '')} | "
+                     f"{m.get('eval_images', '')} | {aa_txt} | {t.get('train_seconds', '')} | "
+                     f"{t.get('images_per_second', '')} |")
     return lines
 
 
@@ -295,7 +295,7 @@ def settings_section(scores: dict[str, dict], tuning: dict[str, dict], controls:
     return L
 
 
-def write_report(score_dir: Path, sample_dir: Path, model_metrics: dict[str, Path], out: Path,
+def write_report(score_dir: Path, sample_dir: Path, model_metrics: dict[str, tuple[Path, Path]], out: Path,
                  profile_note: str = "", controls: Optional[dict] = None, dataset: Optional[DatasetSpec] = None,
                  tune_dir: Optional[Path] = None) -> Path:
     dataset = dataset or DATASETS["cifar10"]
@@ -401,7 +401,8 @@ def write_report(score_dir: Path, sample_dir: Path, model_metrics: dict[str, Pat
                     if cells[(sp, m)][0] not in ("n/a", "withheld", "not scored")]
     if details:
         L += ["", "The numbers behind each call:", ""] + details
-    L += ["", "## Trained models", ""] + model_rows(model_metrics)
+    L += ["", "## Trained models", "", "Accuracies on the test split from each model's final evaluation (`cem evaluate`, "
+          "params section `evaluate`); time and throughput from its training.", ""] + model_rows(model_metrics)
     if scores:
         plot_scores(scores, folder / "scores.png")
         L += ["", "## IS and FID per sampler", "", "![IS and FID per sampler](scores.png)"]

@@ -45,8 +45,8 @@ def thread_share_note(params, jobs: int, cores: int, cuda: bool = False) -> Opti
     (then `device: auto` runs there, and its CPU threads mostly wait)."""
     if jobs < 2:
         return None
-    from .params import RUNTIME_SECTIONS
-    loose = [name for name in RUNTIME_SECTIONS if (rt := getattr(params, name).runtime).threads is None
+    from .params import RUNTIME_SECTIONS, runtime_section
+    loose = [name for name in RUNTIME_SECTIONS if (rt := runtime_section(params, name).runtime).threads is None
              and (rt.device == "cpu" or rt.device == "auto" and not cuda)]
     if not loose:
         return None

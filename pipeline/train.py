@@ -183,15 +183,12 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
     elapsed = time.perf_counter() - t0
     if not w.main:
         return {}
-    t_eval = time.perf_counter()
-    with phase("final_eval"):
-        final = spec.evaluate(True)
-    final["final_eval_seconds"] = round(time.perf_counter() - t_eval, 1)  # where a stage's time goes (GPU budget)
-    spec.history.append({"step": total, "epoch": round(total / steps_per_epoch, 3), "train_loss": loss.item(),
-                         **{k: v for k, v in final.items()
-                            if k in ("clean_acc", "robust_acc", "probe_clean_acc", "probe_robust_acc")}})
+    with phase("last_eval"):  # the curve's last point (the final evaluation is `cem evaluate`'s)
+        last = spec.evaluate(True)
+    spec.history.append({"step": total, "epoch": round(total / steps_per_epoch, 3), "train_loss": loss.item(), **last})
+    run.log_metrics({f"eval_{k}": v for k, v in last.items()}, step=total)
     rest = elapsed - first_step_s
-    return {"final": final, "total_steps": total, "train_seconds": elapsed,
+    return {"total_steps": total, "train_seconds": elapsed,
             "images_per_second": seen / elapsed if elapsed > 0 else 0.0, "ckpt_path": ckpt_path,
             "first_step_seconds": first_step_s,
             "images_per_second_after_first_step": (seen - first_seen) / rest if rest > 0 and seen > first_seen else 0.0}
@@ -203,8 +200,7 @@ def write_outputs(spec: LoopSpec, result: dict, model_blob: dict, run, extra_met
     `dvc metrics show` / `dvc plots show`); then drop the checkpoint."""
     out = spec.out_dir
     mdir = spec.metrics_dir
-    final = result["final"]
-    metrics = {**{k: round(v, 4) for k, v in final.items()}, **extra_metrics,
+    metrics = {**extra_metrics,
                "steps": result["total_steps"], "train_seconds": round(result["train_seconds"], 1),
                "images_per_second": round(result["images_per_second"], 1),
                **{k: round(result[k], 2) for k in ("first_step_seconds", "images_per_second_after_first_step")
@@ -255,7 +251,7 @@ def calibrate_temperature(model: nn.Module, images: torch.Tensor, labels: torch.
     """The judge's softmax temperature, fitted on these images (no augmentation, eval mode). A
     judge trained with label smoothing is under-confident; its IS is only a meaningful number (and
     the IS of real images a meaningful ceiling) once its probabilities are calibrated."""
-    from .recipes import to_float
+    from .evaluation import to_float
     was = model.training
     model.eval()
     logits = torch.cat([model(to_float(images[i:i + batch_size], device, False)).double().cpu()
@@ -298,11 +294,11 @@ def _train(p, recipe, stage: str, section: str, data: Dataset, device, run, resu
     result = run_loop(spec, data, device, run, resume, restart)
     if not result:
         return {}
-    extra = {"eval_attack": f"{p.eval_attack.norm} eps={p.eval_attack.eps:.4g} PGD-{p.eval.attack_steps}"}
+    extra = {}
     blob = recipe.model_blob(run.run_id, spec.params_hash)
     if calibrate:  # the judge: its IS reads calibrated probabilities (scoring divides logits by T)
         from .data import stratified_indices
-        from .recipes import EVAL_SEED
+        from .evaluation import EVAL_SEED
         per_class = min(CALIBRATION_PER_CLASS, int(data.train.labels.bincount().min()))
         idx = stratified_indices(data.train.labels, per_class, EVAL_SEED)
         blob["temperature"] = extra["temperature"] = calibrate_temperature(
@@ -329,15 +325,15 @@ def train_supervised(p: SupervisedParams, data: Dataset, run, stage: str, sectio
 
 def import_supervised(p: SupervisedParams, data: Dataset, run, stage: str, section: str, metrics_dir: Path,
                       source_model=None) -> dict:
-    """A RobustBench zoo model as the supervised samplers' classifier, evaluated like a trained one
-    (clean, PGD on eval_attack, AutoAttack when asked) and written to the same outputs, with its
-    origin in the model file and in MLflow (tags source, source.sha256)."""
+    """A RobustBench zoo model as the supervised samplers' classifier, written to the same outputs as a
+    trained one (and evaluated like one, by `cem evaluate sup`), with its origin in the model file and in
+    MLflow (tags source, source.sha256). Its curve is one point: the training-time evaluation."""
     from types import SimpleNamespace
 
     from . import model_sources
     from .data import stratified_indices
     from .files import sha256_file
-    from .recipes import EVAL_SEED, evaluate, final_autoattack, wants_autoattack
+    from .evaluation import EVAL_SEED, evaluate
     device = setup_runtime(p.runtime)
     name = model_sources.robustbench_name(p.source)
     if len(data.classes) != 10:
@@ -348,24 +344,18 @@ def import_supervised(p: SupervisedParams, data: Dataset, run, stage: str, secti
     model, ckpt = source_model or model_sources.load(name, Path(p.out_dir) / "robustbench")
     model = model.to(device)
     run.set_tags({"source": p.source, "source.checkpoint": str(ckpt), "source.sha256": sha256_file(ckpt)})
-    idx = stratified_indices(data.test.labels, p.eval.test_per_class, EVAL_SEED)
-    final = evaluate(model, data.test.images[idx], data.test.labels[idx], p.eval_attack, p.eval.attack_steps,
+    idx = stratified_indices(data.test.labels, p.eval.epoch_per_class, EVAL_SEED)
+    point = evaluate(model, data.test.images[idx], data.test.labels[idx], p.eval_attack, p.eval.epoch_attack_steps,
                      p.eval.batch_size, device, False)
-    final["eval_images"] = len(idx)
-    if wants_autoattack(p, p.eval.attack_steps):
-        final.update(final_autoattack(model, data, idx, p, device, False, False))
     blob = {"kind": "classifier", "arch": {"name": "robustbench", "model": name, "threat_model": "L2"},
             "num_classes": 10, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
             "params_hash": section_hash(p, exclude=("runtime",)),
-            "classes": data.classes, "source": p.source}
+            "classes": data.classes, "source": p.source, "threat_model": p.eval_attack.model_dump()}
     spec = SimpleNamespace(out_dir=Path(p.out_dir), metrics_dir=Path(metrics_dir), section=section, stage=stage,
-                           history=[{"step": 0, "epoch": 0.0, **{k: v for k, v in final.items()
-                                                                 if k in ("clean_acc", "robust_acc")}}])
-    result = {"final": final, "total_steps": 0, "train_seconds": time.perf_counter() - t0, "images_per_second": 0.0,
+                           history=[{"step": 0, "epoch": 0.0, **point}])
+    result = {"total_steps": 0, "train_seconds": time.perf_counter() - t0, "images_per_second": 0.0,
               "ckpt_path": Path(p.out_dir) / "checkpoints" / "none"}
-    extra = {"eval_attack": f"{p.eval_attack.norm} eps={p.eval_attack.eps:.4g} PGD-{p.eval.attack_steps}",
-             "source": p.source}
-    return write_outputs(spec, result, blob, run, extra)
+    return write_outputs(spec, result, blob, run, {"source": p.source})
 
 
 def train_unsupervised(p: UnsupervisedParams, data: Dataset, run, stage: str, section: str, metrics_dir: Path,

@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     stages = stage_rows(out)
     smi = (out / "nvidia-smi.txt").read_text().strip() if (out / "nvidia-smi.txt").exists() else "no nvidia-smi"
     sup, unsup = metrics.get("train_sup") or {}, metrics.get("train_unsup") or {}
+    sup_eval = metrics.get("evaluate_sup") or {}  # the final evaluation (cem evaluate sup)
     first_calls = [next((r["first_call_s"] for r in (c or {}).get("rows", [])), None) for c in compile_runs]
     compiled_rate = next((r["items_per_s"] for c in compile_runs for r in (c or {}).get("rows", [])), None)
     cold, warm_s = first_calls
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
              "r18_sampler_min": sampler_min(bench, "resnet18"),
              "r50_sampler_min": sampler_min(bench, "resnet50"),
              "r50_at": bench_rate(bench, "resnet50 PGD-7 AT, bs 512"),
-             "sup_clean": sup.get("clean_acc"), "sup_robust": sup.get("robust_acc")}
+             "sup_clean": sup_eval.get("clean_acc"), "sup_robust": sup_eval.get("robust_acc")}
     L = [f"# GPU acceptance: {'dvc repro completed' if a.dag_exit == 0 else 'dvc repro did NOT complete'}"
          f" (profile {a.profile})", ""]
     L += [f"- NOTE: {n}" for n in a.note] + ([""] if a.note else [])

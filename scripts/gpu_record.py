@@ -18,9 +18,9 @@ STAGE_NAMES = {"prepare": "prepare", "train supervised": "train_sup", "train ref
 
 
 def dvc_stage(command: str) -> str | None:
-    """`sample ta` -> sample@ta; `train supervised` -> train_sup; `profile ...` -> None (not a DAG stage)."""
+    """`sample ta` -> sample@ta (and evaluate, score, tune); `train supervised` -> train_sup; `profile ...` -> None (not a DAG stage)."""
     words = command.split()
-    if words and words[0] in ("sample", "score") and len(words) > 1:
+    if words and words[0] in ("sample", "score", "evaluate", "tune") and len(words) > 1:
         return f"{words[0]}@{words[1]}"
     return STAGE_NAMES.get(" ".join(words[:2])) or STAGE_NAMES.get(words[0] if words else "")
 

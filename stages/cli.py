@@ -14,8 +14,8 @@ os.environ["DO_NOT_TRACK"] = "1"
 
 import typer  # noqa: E402
 
-from . import (check_inception, prepare, profile, reference_stats, report, repro, sample, score, train,  # noqa: E402
-               tune)
+from . import (check_inception, evaluate, prepare, profile, reference_stats, report, repro, sample, score,  # noqa: E402
+               train, tune)
 
 app = typer.Typer(
     name="cem",
@@ -26,6 +26,7 @@ app = typer.Typer(
 )
 app.command("prepare")(prepare.prepare)
 app.add_typer(train.app, name="train")
+app.command("evaluate")(evaluate.evaluate)
 app.command("sample")(sample.sample)
 app.command("reference-stats")(reference_stats.reference_stats)
 app.command("score")(score.score)

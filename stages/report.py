@@ -5,6 +5,7 @@ from pathlib import Path
 
 from pipeline.controls import FAILED_LINE, read_controls
 from pipeline.datasets import require_dataset
+from pipeline.params import EVALUATED
 from pipeline.progress import log
 from pipeline.report import write_report
 from pipeline.tracking import stage_run
@@ -17,10 +18,12 @@ def report(params: ParamsPath = Path("params.yaml"), overrides: Overrides = None
     """Write the results report (table, control rows, claims, accuracies, grids, plot)."""
     p = load(params, overrides)
     with stage_run(p.experiment, "report", p.report) as run:
+        m = Path(p.metrics_dir)
         out = write_report(Path(p.score.out_dir), Path(p.sample.out_dir),
-                           {"supervised AT (sampled)": Path(p.metrics_dir) / "train_sup.json",
-                            "unsupervised AT encoder + linear probe (sampled)": Path(p.metrics_dir) / "train_unsup.json",
-                            "reference classifier (judge)": Path(p.metrics_dir) / "train_ref.json"},
+                           {label: (m / f"{EVALUATED[name]}.json", m / f"evaluate_{name}.json") for name, label in
+                            (("sup", "supervised AT (sampled)"),
+                             ("unsup", "unsupervised AT encoder + linear probe (sampled)"),
+                             ("ref", "reference classifier (judge)"))},
                            Path(p.report.out), controls=read_controls(Path(p.score.reference_dir)),
                            dataset=require_dataset(p.data.name), tune_dir=Path(p.tune.out_dir))
         run.log_artifact(out)

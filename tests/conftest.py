@@ -139,8 +139,7 @@ def tiny_params(tmp: Path, source: Path | str, **sections) -> dict:
     train_common = {
         "arch": TINY_ARCH, "checkpoint_every": 2,
         "optim": {"epochs": 2.0, "batch_size": 50, "lr": 0.05, "schedule": "triangle"},
-        "eval": {"test_per_class": 5, "attack_steps": 3, "every_steps": 2, "epoch_per_class": 2,
-                 "epoch_attack_steps": 2, "batch_size": 100},
+        "eval": {"every_steps": 2, "epoch_per_class": 2, "epoch_attack_steps": 2, "batch_size": 100},
         "runtime": {"threads": 1, "amp": False},  # fp32 on every CPU kind (tests/test_runtime.py covers bf16)
     }
     raw = {
@@ -155,6 +154,8 @@ def tiny_params(tmp: Path, source: Path | str, **sections) -> dict:
                       "attack": {"eps": 0.0, "steps": 0}},
         "train_unsup": {**train_common, "out_dir": str(tmp / "unsup"),
                         "probe": {"epochs": 2, "train_per_class": 10}},
+        "evaluate": {name: {"test_per_class": 5, "attack_steps": 3 if name != "ref" else 0, "batch_size": 100,
+                            "runtime": {"threads": 1, "amp": False}} for name in ("sup", "ref", "unsup")},
         "sample": {"out_dir": str(tmp / "samples"), "runtime": {"amp": False, "channels_last": False},
                    "defaults": {"n": 20, "batch_size": 10, "shard_size": 10, "steps": 3, "step_size": 0.5,
                                 "eps": 30.0, "noise_std": 0.0, "seed": 0},

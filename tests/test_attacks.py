@@ -74,7 +74,8 @@ def test_autoattack_is_at_least_as_strong_as_pgd20_on_the_same_images(trained):
     from pipeline.checkpoints import build_trained_model, load_model_file
     from pipeline.data import load_dataset
     from pipeline.params import EvalAttackParams
-    from pipeline.recipes import autoattack_accuracy, evaluate
+    from pipeline.evaluation import evaluate
+    from pipeline.final_evaluation import autoattack_accuracy
     tmp, _ = trained
     model = build_trained_model(load_model_file(tmp / "sup" / "model.pt"))
     ds = load_dataset(tmp / "data")
@@ -87,17 +88,17 @@ def test_autoattack_is_at_least_as_strong_as_pgd20_on_the_same_images(trained):
 
 
 def test_final_autoattack_reports_both_numbers_on_one_subset(trained):
-    import json as _json
+    from pipeline.checkpoints import load_model_file
     from pipeline.data import load_dataset
-    from pipeline.params import parse_params
-    from pipeline.recipes import SupervisedRecipe
-    tmp, raw = trained
-    raw = _json.loads(_json.dumps(raw))
-    raw["train_sup"]["eval"].update({"final_attack": "autoattack", "autoattack_per_class": 1})
-    p = parse_params(raw).train_sup
-    recipe = SupervisedRecipe(p, load_dataset(tmp / "data"), torch.device("cpu"))
-    res = recipe.evaluate(True)
-    assert res["autoattack_images"] == 10 and res["autoattack_acc"] <= res["pgd_acc_on_autoattack_images"]
+    from pipeline.final_evaluation import evaluate_model
+    from pipeline.params import FinalEvalParams
+    tmp, _ = trained
+    fp = FinalEvalParams(test_per_class=5, attack_steps=3, autoattack=True, autoattack_per_class=1,
+                         runtime={"amp": False})
+    res = evaluate_model(load_model_file(tmp / "sup" / "model.pt"), tmp / "sup" / "model.pt",
+                         load_dataset(tmp / "data"), fp, torch.device("cpu"), "sup")
+    assert res["eval_images"] == 50 and res["autoattack_images"] == 10
+    assert res["autoattack_acc"] <= res["pgd_acc_on_autoattack_images"]
 
 
 def test_autoattack_runs_on_a_channels_last_network(trained):
@@ -106,7 +107,7 @@ def test_autoattack_runs_on_a_channels_last_network(trained):
     from pipeline.checkpoints import build_trained_model, load_model_file
     from pipeline.data import load_dataset
     from pipeline.params import EvalAttackParams
-    from pipeline.recipes import autoattack_accuracy
+    from pipeline.final_evaluation import autoattack_accuracy
     tmp, _ = trained
     model = build_trained_model(load_model_file(tmp / "sup" / "model.pt")).to(memory_format=torch.channels_last)
     ds = load_dataset(tmp / "data")

@@ -36,16 +36,29 @@ def test_an_edit_reruns_exactly_the_stages_that_import_it():
     assert users("pipeline/losses.py") == {"train_sup", "train_ref", "train_unsup"}
     assert users("pipeline/inception.py") == {"reference_stats", "score", "tune"}
     assert users("pipeline/tuning.py") == {"tune"} and users("pipeline/report.py") == {"report"}
+    # how a model is finally measured (AutoAttack, the stage) reruns its evaluation, never its training
+    assert users("pipeline/final_evaluation.py") == {"evaluate"} and users("stages/evaluate.py") == {"evaluate"}
 
 
 def test_dvc_sampler_list_is_the_registry():
-    samplers = yaml.safe_load((ROOT / "dvc.yaml").read_text())["vars"][0]["samplers"]
+    dvc_vars = {k: v for entry in yaml.safe_load((ROOT / "dvc.yaml").read_text())["vars"] for k, v in entry.items()}
+    samplers = dvc_vars["samplers"]
     assert list(samplers) == list(SPECS)
     for name, item in samplers.items():
         want = "models/sup" if SPECS[name].model_kind == "classifier" else "models/unsup"
         assert item["model"] == want, name
-    tuned = yaml.safe_load((ROOT / "dvc.yaml").read_text())["vars"][1]["tuned"]  # tune@NAME: the same facts
+    tuned = dvc_vars["tuned"]  # tune@NAME: the same facts
     assert tuned and all(tuned[name] == samplers[name] for name in tuned)
+
+
+def test_dvc_evaluated_models_are_the_schemas():
+    """evaluate@NAME: one per entry of pipeline.params.EVALUATED, each reading its training section's model."""
+    from pipeline.params import EVALUATED, Params
+    dvc_vars = {k: v for entry in yaml.safe_load((ROOT / "dvc.yaml").read_text())["vars"] for k, v in entry.items()}
+    defaults = Params()
+    assert {name: item["model"] for name, item in dvc_vars["evaluated"].items()} == \
+        {name: getattr(defaults, section).out_dir for name, section in EVALUATED.items()}
+    assert set(EVALUATED) == set(Params.model_fields["evaluate"].annotation.model_fields)
 
 
 def test_registry_refuses_duplicates_and_objectives_match():
@@ -91,9 +104,13 @@ def test_every_param_a_stage_declares_is_written_by_each_profile(tmp_path, profi
         "--throughput", str(tmp_path / "none.json"))
     written = yaml.safe_load(out.read_text())
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    keys = [k for st in spec["stages"].values() for k in (st.get("do") or st).get("params", [])]
+    dvc_vars = {k: v for entry in spec["vars"] for k, v in entry.items()}
+    keys = []
+    for st in spec["stages"].values():  # a foreach stage's ${key}: every key of the vars it runs over
+        items = dvc_vars[st["foreach"].strip("${}")] if "foreach" in st else {"": None}
+        keys += [k.replace("${key}", item) for k in (st.get("do") or st).get("params", []) for item in items]
     for key in keys:
-        key = key.replace("${key}", "ta").strip('"')
+        key = key.strip('"')
         node = written
         for part in key.split("."):
             assert isinstance(node, dict) and part in node, f"{profile}: dvc.yaml declares {key}, params.yaml lacks it"

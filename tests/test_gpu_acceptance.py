@@ -83,10 +83,11 @@ def test_acceptance_script_runs_end_to_end_at_tiny_size_over_two_calls_on_anothe
     assert load_model_file(repo / "models" / "ref" / "model.pt")["num_classes"] == spec.num_classes
     # --tiny shares the cores between the 2 stages side by side: every section's runtime got its threads
     import yaml
-    from pipeline.params import RUNTIME_SECTIONS, parse_params
+    from pipeline.params import RUNTIME_SECTIONS, parse_params, runtime_section
     p = parse_params(yaml.safe_load((repo / "params.yaml").read_text()))
-    assert set(RUNTIME_SECTIONS) == {"train_sup", "train_ref", "train_unsup", "sample", "score"}
-    assert {getattr(p, s).runtime.threads for s in RUNTIME_SECTIONS} \
+    assert set(RUNTIME_SECTIONS) == {"train_sup", "train_ref", "train_unsup", "evaluate.sup", "evaluate.ref",
+                                     "evaluate.unsup", "sample", "score"}
+    assert {runtime_section(p, s).runtime.threads for s in RUNTIME_SECTIONS} \
         == {max(1, len(os.sched_getaffinity(0)) // 2)}  # what `nproc` counts
     report = (repo / "reports" / "results.md").read_text()
     assert f"Dataset: **{name}** ({spec.num_classes} classes)" in report

@@ -36,7 +36,8 @@ def _params(trained, tmp_path):
     _, raw = trained
     raw = json.loads(json.dumps(raw))
     raw["train_sup"].update({"source": f"robustbench:{NAME}", "out_dir": str(tmp_path / "sup")})
-    raw["train_sup"]["eval"].update({"test_per_class": 1, "attack_steps": 1})
+    raw["train_sup"]["eval"].update({"epoch_per_class": 1, "epoch_attack_steps": 1})
+    raw["evaluate"]["sup"].update({"test_per_class": 1, "attack_steps": 1})
     raw["metrics_dir"] = str(tmp_path / "metrics")
     raw["sample"].update({"out_dir": str(tmp_path / "samples")})
     raw["sample"]["defaults"].update({"n": 10, "batch_size": 10, "shard_size": 10, "steps": 1})
@@ -49,7 +50,10 @@ def test_zoo_checkpoint_becomes_the_sampled_model(trained, tmp_path):
     params = str(_params(trained, tmp_path))
     cem("train", "supervised", "--params", params)
     metrics = json.loads((tmp_path / "metrics" / "train_sup.json").read_text())
-    assert metrics["source"] == f"robustbench:{NAME}" and metrics["eval_images"] == 10
+    assert metrics["source"] == f"robustbench:{NAME}"
+    cem("evaluate", "sup", "--params", params)  # evaluated like a trained model, under the recorded threat model
+    evaluated = json.loads((tmp_path / "metrics" / "evaluate_sup.json").read_text())
+    assert evaluated["eval_images"] == 10 and evaluated["threat_model"] == "l2 eps=0.5 PGD-1"
     blob = torch.load(tmp_path / "sup" / "model.pt", weights_only=True)
     assert blob["arch"] == {"name": "robustbench", "model": NAME, "threat_model": "L2"}
     assert torch.equal(blob["state_dict"]["net.linear.weight"], net.state_dict()["linear.weight"])

@@ -55,7 +55,7 @@ def test_bf16_autocast_training_and_sampling_run_on_cpu(prepared, tmp_path):
     raw["train_sup"].update({"out_dir": str(tmp_path / "sup"), "runtime": {"threads": 1, "amp": True}})
     # tiny on purpose: on AVX2-only CPUs bf16 runs ~500x slower than fp32 (one step, 10 eval images)
     raw["train_sup"]["optim"]["epochs"] = 0.25
-    raw["train_sup"]["eval"].update({"test_per_class": 1, "attack_steps": 1, "epoch_per_class": 1})
+    raw["train_sup"]["eval"].update({"epoch_attack_steps": 1, "epoch_per_class": 1})
     raw["metrics_dir"] = str(tmp_path / "metrics")
     p = parse_params(raw)
     tags = {}
@@ -65,7 +65,8 @@ def test_bf16_autocast_training_and_sampling_run_on_cpu(prepared, tmp_path):
             tags.update(t)
 
     metrics = train_supervised(p.train_sup, load_dataset(tmp / "data"), Run(), "t", "train_sup", tmp_path / "metrics")
-    assert tags["runtime.amp"].startswith("bf16") and 0 <= metrics["robust_acc"] <= 100
+    history = json.loads((tmp_path / "metrics" / "train_sup_history.json").read_text())
+    assert tags["runtime.amp"].startswith("bf16") and metrics["steps"] >= 1 and 0 <= history[-1]["robust_acc"] <= 100
     rp = parse_params({"sample": {"defaults": {"n": 10, "batch_size": 10, "shard_size": 10, "steps": 2}}}).sample
     stats = run_sampling("cs", rp.resolved("cs"), tmp_path / "sup" / "model.pt", str(tmp / "data"),
                          tmp_path / "samples", CPU, runtime=RuntimeParams(amp=True))

@@ -26,11 +26,16 @@ def test_outputs_metrics_and_plots_are_written(trained):
         assert json.loads((tmp / folder / "lineage.json").read_text())["mlflow_run_id"]
     assert load_model_file(tmp / "ref" / "model.pt")["temperature"] > 0  # the judge is calibrated
     sup = json.loads((tmp / "metrics" / "train_sup.json").read_text())
-    assert {"clean_acc", "robust_acc", "eval_images"} <= set(sup)
-    unsup = json.loads((tmp / "metrics" / "train_unsup.json").read_text())
-    assert {"probe_clean_acc", "probe_robust_acc"} <= set(unsup)
-    # the tiny supervised model learns the synthetic classes (chance is 10 %)
-    assert json.loads((tmp / "metrics" / "train_ref.json").read_text())["clean_acc"] > 30
+    assert {"steps", "train_seconds", "images_per_second"} <= set(sup)
+    assert "clean_acc" not in sup  # the final evaluation is `cem evaluate`'s (tests/test_evaluate.py)
+    history = json.loads((tmp / "metrics" / "train_unsup_history.json").read_text())
+    assert {"probe_clean_acc", "probe_robust_acc"} <= set(history[-1])
+    # every model file records the threat model `cem evaluate` attacks it under
+    assert load_model_file(tmp / "sup" / "model.pt")["threat_model"] == {"norm": "l2", "eps": 0.5, "step_size": None,
+                                                                         "random_start": True}
+    assert load_model_file(tmp / "unsup" / "model.pt")["threat_model"]["norm"] == "linf"
+    # the tiny supervised model learns the synthetic classes (chance is 10 %): the curve's last point
+    assert json.loads((tmp / "metrics" / "train_ref_history.json").read_text())[-1]["clean_acc"] > 30
 
 
 def _params_for(tmp, raw, name, **optim):
