@@ -116,7 +116,7 @@ def _recipe_step(model, images, labels, norm, eps, steps, alpha, threads, seed) 
     from pipeline.params import AttackParams, RuntimeParams, SupervisedParams
     from pipeline.recipes import SupervisedRecipe
     p = SupervisedParams(seed=seed, attack=AttackParams(norm=norm, eps=eps, steps=steps, step_size=alpha),
-                         eval_attack={"norm": norm, "eps": eps}, eval={"test_per_class": None, "epoch_per_class": 1},
+                         eval_attack={"norm": norm, "eps": eps}, eval={"epoch_per_class": 1},
                          runtime=RuntimeParams(amp=False))
     data = Dataset(Split(images, labels), Split(images, labels), [str(c) for c in range(10)])
     recipe = SupervisedRecipe(p, data, torch.device("cpu"), model=model)

@@ -24,7 +24,7 @@ def at_step(model, images, labels, amp: bool):
     from pipeline.params import AttackParams, RuntimeParams, SupervisedParams
     from pipeline.recipes import SupervisedRecipe
     p = SupervisedParams(attack=AttackParams(norm="l2", eps=0.5, steps=2, step_size=0.625),
-                         eval_attack={"norm": "l2", "eps": 0.5}, eval={"test_per_class": None, "epoch_per_class": 1},
+                         eval_attack={"norm": "l2", "eps": 0.5}, eval={"epoch_per_class": 1},
                          runtime=RuntimeParams(amp=amp))
     data = Dataset(Split(images, labels), Split(images, labels), [str(c) for c in range(10)])
     recipe = SupervisedRecipe(p, data, torch.device("cpu"), model=model)

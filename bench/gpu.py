@@ -117,7 +117,7 @@ def at_case(arch: str, steps: int, bs: int, device, runtime: dict, tiny: bool) -
     p = SupervisedParams.model_validate({
         "arch": {"name": arch, **({"widths": [8, 16, 32]} if arch == "airbench" else {})},
         "attack": {"norm": "l2", "eps": 0.5 if steps else 0.0, "steps": steps},
-        "eval": {"test_per_class": None, "epoch_per_class": 1},
+        "eval": {"epoch_per_class": 1},
         "runtime": runtime})
     recipe = SupervisedRecipe(p, data, device)
     opt = torch.optim.SGD(recipe.model.parameters(), lr=0.01, momentum=0.9)
@@ -141,7 +141,7 @@ def contrastive_case(arch: str, steps: int, bs: int, device, runtime: dict) -> C
     p = UnsupervisedParams.model_validate({
         "arch": {"name": arch, **({"widths": [8, 16, 32]} if arch == "airbench" else {})},
         "attack": {"norm": "linf", "eps": 8 / 255, "steps": steps, "step_size": 2 / 255},
-        "optim": {"batch_size": bs}, "eval": {"test_per_class": None, "epoch_per_class": 1},
+        "optim": {"batch_size": bs}, "eval": {"epoch_per_class": 1},
         "probe": {"train_per_class": None}, "runtime": runtime})
     recipe = ContrastiveRecipe(p, data, device)
     opt = torch.optim.SGD(recipe.model.parameters(), lr=0.01, momentum=0.9)

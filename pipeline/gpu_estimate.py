@@ -110,7 +110,10 @@ class Estimator:
         if section is not None and m.get("section") is not None:
             now = {k: v for k, v in section.items() if k not in LOOP_KEYS}
             then = {k: v for k, v in m["section"].items() if k not in LOOP_KEYS}
-            if now != then:
+            if "test_per_class" in (m["section"].get("eval") or {}):  # measured before `cem evaluate` existed
+                short = next((k for k, v in EVALUATED.items() if v == stage), "NAME")
+                note += f", then including the final evaluation (now evaluate@{short}'s: an overestimate here)"
+            elif now != then:
                 note += " with other evaluation/attack settings"
         return fixed, note + self._stale(stage)
 

@@ -1,5 +1,7 @@
 """The benchmarks run (tiny shapes on the CPU), so they cannot rot; their numbers are only
 meaningful on the hardware they were made for (docs/performance.md)."""
+import json
+
 import torch
 
 from bench.common import our_at_step
@@ -68,6 +70,12 @@ def test_profile_time_estimate_uses_measurements_only():
     assert abs(rows["sample@rcs"][0] - (10_000 / 1_000 + 15.0)) < 1e-6  # fixed part: the mean of the measured
     assert rows["score@cs"][0] is None and rows["report"][0] is None and rows["train_unsup"][0] is None
     assert rows["train_ref"][0] is None  # no standard-training rate in the table
+    assert rows["evaluate@sup"][0] is None and "not measured" in rows["evaluate@sup"][1]
+    # a training measured before the final evaluation left it: its fixed part is flagged as including it
+    old = json.loads(json.dumps(stages))
+    old["stages"]["train_sup"]["section"]["eval"]["test_per_class"] = None
+    why = next(w for n, _, w in estimate(p, table, old) if n == "train_sup")
+    assert "then including the final evaluation (now evaluate@sup's" in why
     # tune@: chains of max(tune.steps) steps per setting at the per-step rate; unknown until a tune stage is measured
     secs, why = rows["tune@rcs_pca_momentum"]
     chains = p.tune.n * max(p.tune.steps) / (1_000 * p.sample.resolved("rcs_pca_momentum").steps)

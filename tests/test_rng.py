@@ -92,14 +92,14 @@ def test_training_step_moves_nothing_between_host_and_gpu(on_stand_in, kind):
     data = _data()
     if kind == "contrastive":
         p = UnsupervisedParams.model_validate({"arch": ARCH, "optim": {"batch_size": 16}, "runtime": RT,
-                                               "eval": {"test_per_class": None, "epoch_per_class": 1},
+                                               "eval": {"epoch_per_class": 1},
                                                "probe": {"train_per_class": None}})
         recipe = ContrastiveRecipe(p, data, torch.device("cpu"))
     else:
         norm, eps, steps = {"supervised_l2": ("l2", 0.5, 2), "supervised_linf": ("linf", 8 / 255, 2),
                             "standard": ("l2", 0.0, 0)}[kind]
         p = SupervisedParams.model_validate({"arch": ARCH, "attack": {"norm": norm, "eps": eps, "steps": steps},
-                                             "eval": {"test_per_class": None, "epoch_per_class": 1}, "runtime": RT})
+                                             "eval": {"epoch_per_class": 1}, "runtime": RT})
         recipe = SupervisedRecipe(p, data, torch.device("cpu"))
     with on_stand_in:
         recipe.model.to(GPU)
