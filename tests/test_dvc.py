@@ -59,6 +59,10 @@ def test_dvc_evaluated_models_are_the_schemas():
     assert {name: item["model"] for name, item in dvc_vars["evaluated"].items()} == \
         {name: getattr(defaults, section).out_dir for name, section in EVALUATED.items()}
     assert set(EVALUATED) == set(Params.model_fields["evaluate"].annotation.model_fields)
+    # the report reads every model's evaluation and training metrics: each is a dep, so it reruns when one changes
+    report = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["report"]["deps"]
+    for name, section in EVALUATED.items():
+        assert f"${{metrics_dir}}/evaluate_{name}.json" in report and f"${{metrics_dir}}/{section}.json" in report
 
 
 def test_registry_refuses_duplicates_and_objectives_match():
