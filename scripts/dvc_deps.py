@@ -88,6 +88,10 @@ def write(dvc_yaml: Path = ROOT / "dvc.yaml") -> None:
     stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
     wanted = iter([closure(stage_module(s.get("do", s)["cmd"])) for s in stages.values()])
     code_line = re.compile(r"^(\s+)- (?:pipeline|stages)/\S+\.py\s*$")
+    bare = [name for name, s in stages.items() if not code_deps(s.get("do", s).get("deps", []))]
+    if bare:  # blocks are matched to stages in order: a stage without one would get its neighbour's list
+        sys.exit(f"stage(s) {', '.join(bare)} list no code deps: add one line such as `- stages/<module>.py` "
+                 "under their deps, then run --write again")
     out, lines, i = [], dvc_yaml.read_text().splitlines(), 0
     while i < len(lines):
         m = code_line.match(lines[i])

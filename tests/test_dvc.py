@@ -24,6 +24,21 @@ def test_the_check_can_fail(tmp_path):
     text = (ROOT / "dvc.yaml").read_text().replace("      - pipeline/params.py\n", "", 1)
     (tmp_path / "dvc.yaml").write_text(text)
     assert "prepare" in dvc_deps.check(tmp_path / "dvc.yaml")
+    dvc_deps.write(tmp_path / "dvc.yaml")  # --write puts it back
+    assert not dvc_deps.check(tmp_path / "dvc.yaml")
+
+
+def test_write_refuses_a_stage_without_code_deps_rather_than_shift_the_lists(tmp_path):
+    """Code-dep blocks are matched to stages in order; a new stage with none would get its neighbour's."""
+    import re
+    lines = (ROOT / "dvc.yaml").read_text().splitlines()
+    start = lines.index("  report:")
+    text = "\n".join(line for i, line in enumerate(lines)
+                     if i < start or not re.match(r"\s+- (pipeline|stages)/", line)) + "\n"
+    (tmp_path / "dvc.yaml").write_text(text)
+    with pytest.raises(SystemExit, match="report list no code deps"):
+        dvc_deps.write(tmp_path / "dvc.yaml")
+    assert (tmp_path / "dvc.yaml").read_text() == text
 
 
 def test_an_edit_reruns_exactly_the_stages_that_import_it():
