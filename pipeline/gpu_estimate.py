@@ -206,12 +206,33 @@ def estimate(p, table: dict, stages: Optional[dict] = None, root: Optional[Path]
     return rows
 
 
+def critical_path(rows: list[tuple[str, Optional[float], str]], dag: dict[str, list[str]]) \
+        -> tuple[float, list[str], int]:
+    """The DAG's longest chain of estimated stage times: (seconds, its stages, how many of them are unmeasured).
+
+    With enough `cem repro --jobs` and stages that do not slow each other, the whole DAG cannot finish sooner;
+    on one GPU, side-by-side stages share it, so this is a floor, not a forecast. Unmeasured stages count 0 s."""
+    secs = {name: s for name, s, _ in rows}
+    best: dict[str, tuple[float, list[str]]] = {}
+
+    def finish(stage: str) -> tuple[float, list[str]]:
+        if stage not in best:
+            before = max((finish(u) for u in dag.get(stage, [])), key=lambda t: (t[0], len(t[1])), default=(0.0, []))
+            best[stage] = (before[0] + (secs.get(stage) or 0.0), before[1] + [stage])
+        return best[stage]
+
+    total, chain = max((finish(s) for s in dag), key=lambda t: (t[0], len(t[1])), default=(0.0, []))
+    return total, chain, sum(secs.get(s) is None for s in chain)
+
+
 def _duration(secs: float) -> str:
     return f"{secs / 3600:6.2f} h" if secs >= 3600 else f"{secs / 60:6.1f} min"
 
 
-def summary(p, path: Path, stages_path: Optional[Path] = None, root: Optional[Path] = None) -> Optional[str]:
-    """A few lines for `cem profile`, or None when no throughput file exists."""
+def summary(p, path: Path, stages_path: Optional[Path] = None, root: Optional[Path] = None,
+            dag: Optional[dict[str, list[str]]] = None) -> Optional[str]:
+    """A few lines for `cem profile`, or None when no throughput file exists. `dag` (`dvc dag` of `root`
+    when not given) adds the critical path."""
     if not Path(path).exists():
         return None
     table = json.loads(Path(path).read_text())
@@ -235,4 +256,17 @@ def summary(p, path: Path, stages_path: Optional[Path] = None, root: Optional[Pa
                      + (f" with `cem repro --jobs {jobs}`" if jobs > 1 else " with `dvc repro`"))
     else:
         lines.append("  `cem repro --jobs 4` runs independent stages side by side (not yet measured on a GPU)")
+    if dag is None and root is not None and (Path(root) / "dvc.yaml").is_file():
+        from .errors import CemError
+        from .repro import read_dag
+        try:
+            dag = read_dag(Path(root))
+        except CemError as e:
+            lines.append(f"  (no critical path: {e})")
+    if dag:
+        secs, chain, unmeasured = critical_path(rows, dag)
+        lines.append(f"  critical path {_duration(secs).strip()}: {' -> '.join(chain)}"
+                     + (f" ({unmeasured} of them not measured, counted 0 s)" if unmeasured else "")
+                     + "; side by side (`cem repro --jobs N`) the DAG cannot finish sooner, and on one GPU "
+                       "the stages beside it slow it")
     return "\n".join(lines)

@@ -85,6 +85,18 @@ def test_profile_time_estimate_uses_measurements_only():
     assert abs(secs - (chains + 40.0)) < 1e-6
 
 
+def test_critical_path_is_the_longest_chain_and_counts_what_is_unmeasured():
+    """The floor of `cem repro --jobs N`: an evaluation beside the samplers is off the path, a slow one is on it."""
+    from pipeline.gpu_estimate import critical_path
+    dag = {"prepare": [], "train_sup": ["prepare"], "evaluate@sup": ["train_sup", "prepare"],
+           "sample@ta": ["train_sup"], "score@ta": ["sample@ta"], "report": ["score@ta", "evaluate@sup"]}
+    rows = [("prepare", 30.0, ""), ("train_sup", 100.0, ""), ("evaluate@sup", 40.0, ""), ("sample@ta", 50.0, ""),
+            ("score@ta", None, ""), ("report", None, "")]
+    assert critical_path(rows, dag) == (180.0, ["prepare", "train_sup", "sample@ta", "score@ta", "report"], 2)
+    rows[2] = ("evaluate@sup", 60.0, "")
+    assert critical_path(rows, dag) == (190.0, ["prepare", "train_sup", "evaluate@sup", "report"], 1)
+
+
 def test_estimate_marks_measurements_of_changed_code_stale(tmp_path):
     import subprocess
 
@@ -123,6 +135,7 @@ def test_profile_command_prints_the_estimate(tmp_path):
     out = cem("profile", "paper", "--params", str(tmp_path / "p.yaml"), "--profiles-dir", str(ROOT / "profiles"),
               "--throughput", str(ROOT / "docs" / "gpu_throughput.json"))
     assert "estimated GPU time" in out.stderr and "train_sup" in out.stderr
+    assert "critical path" in out.stderr and "prepare -> train_" in out.stderr  # from this checkout's `dvc dag`
 
 
 def test_cpu_amp_bench_runs():
