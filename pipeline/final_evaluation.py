@@ -20,6 +20,7 @@ from .evaluation import EVAL_SEED, _predict, evaluate, to_float
 from .params import EvalAttackParams, FinalEvalParams
 from .progress import progress_bar
 from .runtime import amp_decision
+from .timing import phase
 
 
 def autoattack_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: EvalAttackParams,
@@ -85,7 +86,7 @@ def evaluate_model(blob: dict, path: Path, data: Dataset, fp: FinalEvalParams, d
     out: dict = {"eval_images": len(idx), "threat_model": describe(attack, fp.attack_steps if attacked else 0),
                  "bf16": amp}
     t0 = time.perf_counter()
-    with progress_bar(f"evaluate {label}: clean" + (f" + PGD-{fp.attack_steps}" if attacked else ""),
+    with phase("eval"), progress_bar(f"evaluate {label}: clean" + (f" + PGD-{fp.attack_steps}" if attacked else ""),
                       len(idx)) as advance:
         out.update(evaluate(net, data.test.images[idx], data.test.labels[idx], attack, fp.attack_steps,
                             fp.batch_size, device, cl, amp, seed=fp.seed, advance=advance))
@@ -93,9 +94,10 @@ def evaluate_model(blob: dict, path: Path, data: Dataset, fp: FinalEvalParams, d
     if fp.autoattack:
         sub = idx[stratified_indices(data.test.labels[idx], fp.autoattack_per_class, EVAL_SEED)]
         x, y = data.test.images[sub], data.test.labels[sub]
-        same = evaluate(net, x, y, attack, fp.attack_steps, fp.batch_size, device, cl, amp, seed=fp.seed)
+        with phase("eval"):
+            same = evaluate(net, x, y, attack, fp.attack_steps, fp.batch_size, device, cl, amp, seed=fp.seed)
         t0 = time.perf_counter()
-        with progress_bar(f"evaluate {label}: AutoAttack", len(sub)) as advance:
+        with phase("autoattack"), progress_bar(f"evaluate {label}: AutoAttack", len(sub)) as advance:
             acc = autoattack_accuracy(net, x, y, attack, fp.batch_size, device, len(data.classes), seed=fp.seed,
                                       advance=advance)
         out.update({"autoattack_acc": acc, "pgd_acc_on_autoattack_images": same.get("robust_acc"),

@@ -16,6 +16,7 @@ from pipeline.locks import exclusive
 from pipeline.params import EVALUATED
 from pipeline.progress import log
 from pipeline.runtime import setup_runtime
+from pipeline.timing import phase
 from pipeline.tracking import stage_run
 
 from .common import Overrides, ParamsPath, load, user_errors
@@ -33,9 +34,10 @@ def evaluate(
     p = load(params, overrides)
     fp, section = getattr(p.evaluate, name), EVALUATED[name]
     model_path = Path(getattr(p, section).out_dir) / "model.pt"
-    blob = load_model_file(model_path)  # every input checked before a run opens or a byte is written
-    threat_model(blob, model_path)
-    ds = data_mod.load_dataset(p.data.out_dir)
+    with phase("load"):  # every input checked before a run opens or a byte is written
+        blob = load_model_file(model_path)
+        threat_model(blob, model_path)
+        ds = data_mod.load_dataset(p.data.out_dir)
     device = setup_runtime(fp.runtime)
     metrics_path = Path(p.metrics_dir) / f"evaluate_{name}.json"
     with exclusive(Path(p.metrics_dir) / f"evaluate_{name}", f"evaluate {name}"), \

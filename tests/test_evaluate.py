@@ -33,10 +33,14 @@ def test_each_model_is_measured_under_the_threat_model_its_file_records(evaluate
 
 def test_the_same_params_give_the_same_numbers(evaluated, tmp_path):
     tmp, m = evaluated
-    cem("evaluate", "sup", "--params", str(tmp / "params.yaml"), "--set", f"metrics_dir={tmp_path}")
+    cem("evaluate", "sup", "--params", str(tmp / "params.yaml"), "--set", f"metrics_dir={tmp_path}",
+        env={"CEM_STAGE_TIMES": str(tmp_path / "times.jsonl")})
     again = json.loads((tmp_path / "evaluate_sup.json").read_text())
     timing = {"eval_seconds", "autoattack_seconds"}
     assert {k: v for k, v in again.items() if k not in timing} == {k: v for k, v in m["sup"].items() if k not in timing}
+    # where the stage's time went (the GPU estimate plans from it): loading and the evaluation, each named
+    phases = json.loads((tmp_path / "times.jsonl").read_text())["seconds"]
+    assert phases["load"] > 0 and phases["eval"] > 0 and "autoattack" not in phases
 
 
 def test_the_unsupervised_model_is_measured_through_its_stored_probe(evaluated):
