@@ -130,11 +130,13 @@ def test_gpu_profiles_fail_fast_compile_where_it_pays_and_keep_the_judge_fp32(na
     judge, a measuring instrument, is trained in fp32; torch.compile is on where it was measured to pay
     (the paper profile's long runs and 50,000 samples) and off at the gpu profile's size (it cost more
     than it saved on an H200: profiles/gpu.yaml); samples are drawn channels_last on the GPU."""
+    from pipeline.params import RUNTIME_SECTIONS, runtime_section
     p = _profile(name)
+    every = {path: runtime_section(p, path).runtime for path in RUNTIME_SECTIONS}  # evaluations and scoring too
+    assert {k: rt.device for k, rt in every.items()} == dict.fromkeys(every, "cuda")
+    assert p.train_ref.runtime.amp is False and p.evaluate.ref.runtime.amp is False
     sections = {"train_sup": p.train_sup.runtime, "train_ref": p.train_ref.runtime,
                 "train_unsup": p.train_unsup.runtime, "sample": p.sample.runtime}
-    assert {k: rt.device for k, rt in sections.items()} == dict.fromkeys(sections, "cuda")
-    assert p.train_ref.runtime.amp is False
     assert p.sample.runtime.channels_last
     assert {k: rt.compile for k, rt in sections.items()} == dict.fromkeys(sections, name == "paper")
 
