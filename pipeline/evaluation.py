@@ -19,14 +19,13 @@ def to_float(images: torch.Tensor, device: torch.device, channels_last: bool) ->
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-
 def attack_kwargs(attack: EvalAttackParams, steps: int) -> dict:
     return dict(norm=attack.norm, eps=attack.eps, steps=steps, step_size=attack.resolved_step_size(steps),
                 random_start=attack.random_start)
 
 
 @torch.no_grad()
-def _predict(model, x):
+def predict(model, x):
     return model(x).argmax(1)
 
 
@@ -43,10 +42,10 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attac
         x = to_float(images[i:i + batch_size], device, channels_last)
         y = labels[i:i + batch_size].to(device)
         with autocast(device, amp):
-            clean += (_predict(model, x) == y).sum().item()
+            clean += (predict(model, x) == y).sum().item()
             if attack.eps > 0 and steps > 0:
                 xa = pgd(model, x, y, generator=gen, **attack_kwargs(attack, steps))
-                robust += (_predict(model, xa) == y).sum().item()
+                robust += (predict(model, xa) == y).sum().item()
         if advance is not None:
             advance(len(y))
     model.train(was_training)

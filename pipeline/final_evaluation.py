@@ -16,7 +16,7 @@ from torch import nn
 
 from .data import Dataset, stratified_indices
 from .errors import CemError
-from .evaluation import EVAL_SEED, _predict, evaluate, to_float
+from .evaluation import EVAL_SEED, evaluate, predict, to_float
 from .params import EvalAttackParams, FinalEvalParams
 from .progress import progress_bar
 from .runtime import amp_decision
@@ -42,7 +42,7 @@ def autoattack_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Te
     for i in range(0, len(labels), batch_size):
         x = to_float(images[i:i + batch_size], device, False)
         y = labels[i:i + batch_size].to(device)
-        correct += (_predict(net, aa(x, y)) == y).sum().item()
+        correct += (predict(net, aa(x, y)) == y).sum().item()
         if advance is not None:
             advance(len(y))
     return 100.0 * correct / len(labels)

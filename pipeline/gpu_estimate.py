@@ -25,7 +25,7 @@ from typing import Optional
 
 from .datasets import require_dataset
 from .model_kinds import MODEL_KINDS
-from .params import EVALUATED
+from .params import EVALUATED, EVALUATED_AS
 from .sampler_specs import SPECS
 
 LOOP_KEYS = {"optim", "runtime", "checkpoint_every", "out_dir"}
@@ -111,8 +111,8 @@ class Estimator:
             now = {k: v for k, v in section.items() if k not in LOOP_KEYS}
             then = {k: v for k, v in m["section"].items() if k not in LOOP_KEYS}
             if "test_per_class" in (m["section"].get("eval") or {}):  # measured before `cem evaluate` existed
-                short = next((k for k, v in EVALUATED.items() if v == stage), "NAME")
-                note += f", then including the final evaluation (now evaluate@{short}'s: an overestimate here)"
+                note += (f", then including the final evaluation (now evaluate@{EVALUATED_AS.get(stage, 'NAME')}'s: "
+                         "an overestimate here)")
             elif now != then:
                 note += " with other evaluation/attack settings"
         return fixed, note + self._stale(stage)
@@ -215,13 +215,16 @@ def critical_path(rows: list[tuple[str, Optional[float], str]], dag: dict[str, l
     secs = {name: s for name, s, _ in rows}
     best: dict[str, tuple[float, list[str]]] = {}
 
+    def longest(chains) -> tuple[float, list[str]]:  # ties: the longer chain (it ends at the report)
+        return max(chains, key=lambda t: (t[0], len(t[1])), default=(0.0, []))
+
     def finish(stage: str) -> tuple[float, list[str]]:
         if stage not in best:
-            before = max((finish(u) for u in dag.get(stage, [])), key=lambda t: (t[0], len(t[1])), default=(0.0, []))
+            before = longest(finish(u) for u in dag.get(stage, []))
             best[stage] = (before[0] + (secs.get(stage) or 0.0), before[1] + [stage])
         return best[stage]
 
-    total, chain = max((finish(s) for s in dag), key=lambda t: (t[0], len(t[1])), default=(0.0, []))
+    total, chain = longest(finish(s) for s in dag)
     return total, chain, sum(secs.get(s) is None for s in chain)
 
 

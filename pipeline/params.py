@@ -273,6 +273,8 @@ class FinalEvalParams(Strict):
 
 EVALUATED = {"sup": "train_sup", "ref": "train_ref", "unsup": "train_unsup"}
 """`cem evaluate NAME`: which training section's model each evaluate.NAME evaluates."""
+EVALUATED_AS = {section: name for name, section in EVALUATED.items()}
+"""Training section -> the NAME of its evaluate.NAME section."""
 
 
 MOVED_TO_EVALUATE = {"test_per_class": "test_per_class", "attack_steps": "attack_steps",
@@ -535,9 +537,8 @@ def _format_error(err: ValidationError, source: str) -> str:
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
         loc_ = first["loc"]
-        if len(loc_) == 3 and loc_[1] == "eval" and loc_[2] in MOVED_TO_EVALUATE and loc_[0] in EVALUATED.values():
-            short = next(k for k, v in EVALUATED.items() if v == loc_[0])
-            msg = (f"the final evaluation is its own stage now: set evaluate.{short}."
+        if len(loc_) == 3 and loc_[1] == "eval" and loc_[2] in MOVED_TO_EVALUATE and loc_[0] in EVALUATED_AS:
+            msg = (f"the final evaluation is its own stage now: set evaluate.{EVALUATED_AS[loc_[0]]}."
                    f"{MOVED_TO_EVALUATE[loc_[2]]} instead (changing it no longer retrains the model)")
         if len(first["loc"]) == 3 and first["loc"][0] == "sample" and first["loc"][2] in KNOB_FIELDS:
             knob = first["loc"][2]

@@ -138,6 +138,13 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
     perm_epoch, perm = -1, None
     t0, seen = time.perf_counter(), 0
     first_step_s, first_seen = 0.0, 0
+
+    def curve_point(done: int, last: bool) -> dict:
+        """Evaluate, append the point to the curve and log it (`last`: the final point, after the loop)."""
+        ev = spec.evaluate(last)
+        spec.history.append({"step": done, "epoch": round(done / steps_per_epoch, 3), "train_loss": loss.item(), **ev})
+        run.log_metrics({f"eval_{k}": v for k, v in ev.items()}, step=done)
+        return ev
     with phase("loop"), progress_bar(spec.stage, total - start) as advance:
         for step in range(start, total):
             epoch, pos = divmod(step, steps_per_epoch)
@@ -171,10 +178,7 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
             if step % sync_every == 0:
                 advance(sync_every if sync_every > 1 else 1, loss=loss.item())
             if eval_now and w.main:
-                ev = spec.evaluate(False)
-                row = {"step": done, "epoch": round(done / steps_per_epoch, 3), "train_loss": loss.item(), **ev}
-                spec.history.append(row)
-                run.log_metrics({f"eval_{k}": v for k, v in ev.items()}, step=done)
+                ev = curve_point(done, False)
                 log(f"{spec.stage}: step {done}/{total} " + " ".join(f"{k}={v:.2f}" for k, v in ev.items()))
             if checkpoint_now and w.main:
                 save_checkpoint(ckpt_path, model=spec.model, optimizer=opt, scheduler=sched, step=done,
@@ -184,9 +188,7 @@ def run_loop(spec: LoopSpec, data: Dataset, device: torch.device, run, resume: O
     if not w.main:
         return {}
     with phase("last_eval"):  # the curve's last point (the final evaluation is `cem evaluate`'s)
-        last = spec.evaluate(True)
-    spec.history.append({"step": total, "epoch": round(total / steps_per_epoch, 3), "train_loss": loss.item(), **last})
-    run.log_metrics({f"eval_{k}": v for k, v in last.items()}, step=total)
+        curve_point(total, True)
     rest = elapsed - first_step_s
     return {"total_steps": total, "train_seconds": elapsed,
             "images_per_second": seen / elapsed if elapsed > 0 else 0.0, "ckpt_path": ckpt_path,
