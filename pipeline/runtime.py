@@ -27,7 +27,7 @@ def _setup_runtime(runtime: DeviceParams) -> torch.device:
     w = distributed.init("cuda" if use_cuda else "cpu")
     if runtime.deterministic and use_cuda:  # cuBLAS needs a fixed workspace for deterministic matmuls
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(runtime.deterministic, warn_only=True)
+    set_deterministic(runtime.deterministic)
     # ... without NaN-filling every fresh tensor (its default under deterministic mode; costs time, adds nothing)
     torch.utils.deterministic.fill_uninitialized_memory = False
     if use_cuda:
@@ -39,6 +39,18 @@ def _setup_runtime(runtime: DeviceParams) -> torch.device:
     if use_cuda:  # the CUDA context is created here, inside this phase, rather than by whatever comes first
         torch.zeros(1, device=device)
     return device
+
+
+def set_deterministic(mode: bool) -> None:
+    """`torch.use_deterministic_algorithms(mode, warn_only=True)` without its import of torch._inductor
+    (to set the compiler's own flag): ~1.7 s of every stage process's start-up, for a compiler most stages
+    never use (docs/performance.md). `maybe_compile` sets the compiler's flag when it is used. A torch
+    without the private switch gets the public call (slower, same effect)."""
+    switch = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if switch is None:
+        torch.use_deterministic_algorithms(mode, warn_only=True)
+    else:
+        switch(mode, warn_only=True)
 
 
 CPU_BF16_FLAGS = {"amx_bf16": "AMX-bf16", "avx512_bf16": "AVX-512-bf16"}
@@ -96,6 +108,8 @@ def maybe_compile(model: nn.Module, runtime: RuntimeParams) -> nn.Module:
     if not runtime.compile:
         return model
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.abspath(COMPILE_CACHE))
+    import torch._inductor.config as inductor_config  # what torch.use_deterministic_algorithms would set
+    inductor_config.deterministic = torch.are_deterministic_algorithms_enabled()
     # dynamic=False: every loop here runs fixed shapes; without it a second batch size (the contrastive
     # update's 4 views vs the attack's 2) would turn the batch dimension symbolic for every later graph
     return torch.compile(model, dynamic=False)

@@ -161,6 +161,31 @@ def test_deterministic_switches_torchs_deterministic_algorithms():
         torch.use_deterministic_algorithms(before)
 
 
+def test_a_stage_that_does_not_compile_never_imports_the_compiler():
+    """torch.use_deterministic_algorithms imports torch._inductor (~1.7 s of each stage process's start-up
+    on these CPUs) only to set the compiler's flag; the runtime sets that flag where it compiles."""
+    probe = ("import sys; from pipeline.runtime import setup_runtime; from pipeline.params import DeviceParams; "
+             "import stages.cli, pipeline.train, pipeline.sampling, pipeline.final_evaluation, pipeline.tracking; "
+             "setup_runtime(DeviceParams(deterministic=True)); "
+             "print(sorted(m for m in ('torch._dynamo', 'torch._inductor', 'torchvision') if m in sys.modules))")
+    out = __import__("subprocess").run([__import__("sys").executable, "-c", probe], capture_output=True, text=True,
+                                       cwd=Path(__file__).resolve().parents[1], check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_compiling_under_deterministic_mode_makes_the_compiler_deterministic_too():
+    import torch._inductor.config as inductor_config
+    before, flag = torch.are_deterministic_algorithms_enabled(), inductor_config.deterministic
+    try:
+        for mode in (True, False):
+            runtime.set_deterministic(mode)
+            runtime.maybe_compile(torch.nn.Linear(2, 2), RuntimeParams(compile=True))
+            assert inductor_config.deterministic is mode
+    finally:
+        torch.use_deterministic_algorithms(before)
+        inductor_config.deterministic = flag
+
+
 def test_each_stage_accepts_only_the_runtime_keys_it_reads():
     """Sampling has no SyncBatchNorm to switch; scoring extracts features in fp32, uncompiled."""
     from pipeline.errors import ParamsError

@@ -158,3 +158,12 @@ def test_wrong_model_kind_is_one_line(trained, tmp_path):
 def test_unknown_sampler_is_exit_2(tmp_path):
     out = cem("sample", "dream", check=False)
     assert out.returncode == 2 and "unknown sampler 'dream'" in out.stderr
+
+
+def test_the_sample_grid_is_torchvisions_make_grid():
+    from torchvision.utils import make_grid
+    from pipeline.sampling import tile
+    images = torch.rand(23, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for n, per_row in ((23, 10), (7, 10), (1, 10), (20, 4)):
+        assert torch.equal(tile(images[:n], per_row), make_grid(images[:n], nrow=per_row, padding=2, pad_value=1.0))
+
