@@ -58,15 +58,25 @@ CPU_BF16_FLAGS = {"amx_bf16": "AMX-bf16", "avx512_bf16": "AVX-512-bf16"}
 AMX-bf16 (Intel Sapphire Rapids+) bf16 matmul ~6x fp32, a small CNN 2.9x under autocast;
 AVX-512-bf16 (AMD Zen 4) the supervised AT step 1.8x; neither (AMD Zen 3, AVX2) bf16 ~500x slower."""
 
+AVX512_BF16_VENDORS = {"AuthenticAMD"}
+"""AVX-512-bf16 alone pays on AMD only: on an Intel Xeon (Emerald Rapids) whose AMX the hypervisor does
+not expose, the supervised AT step ran 0.84x as fast under bf16 (`python -m bench.cpu_amp`, 2026-12-07),
+so there it counts as no native bf16."""
+
 
 def cpu_bf16_flag() -> str | None:
-    """The first of CPU_BF16_FLAGS that /proc/cpuinfo lists, else None."""
+    """The first of CPU_BF16_FLAGS that /proc/cpuinfo lists and that pays on this vendor, else None."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = {flag for line in f if line.startswith("flags") for flag in line.split()}
+            lines = f.read().splitlines()
     except OSError:
         return None
-    return next((flag for flag in CPU_BF16_FLAGS if flag in flags), None)
+    flags = {flag for line in lines if line.startswith("flags") for flag in line.split()}
+    vendors = {line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id") and ":" in line}
+    usable = [flag for flag in CPU_BF16_FLAGS if flag in flags]
+    if "avx512_bf16" in usable and not vendors & AVX512_BF16_VENDORS:
+        usable.remove("avx512_bf16")
+    return usable[0] if usable else None
 
 
 def amp_decision(runtime: RuntimeParams, device: torch.device) -> tuple[bool, str]:
@@ -84,7 +94,8 @@ def amp_decision(runtime: RuntimeParams, device: torch.device) -> tuple[bool, st
     flag = cpu_bf16_flag()
     if flag is not None:
         return True, f"bf16 autocast (auto: CPU with {CPU_BF16_FLAGS[flag]})"
-    return False, "fp32 (auto: this CPU has no native bf16 (AMX-bf16 or AVX-512-bf16), where bf16 is slower than fp32)"
+    return False, ("fp32 (auto: this CPU has neither AMX-bf16 nor AMD's AVX-512-bf16, where bf16 is slower than "
+                   "fp32)")
 
 
 def autocast(device, enabled: bool):

@@ -29,12 +29,15 @@ def test_bf16_detection_reads_the_cpu_flags(tmp_path, monkeypatch):
     import builtins
     real_open = builtins.open
     fake = tmp_path / "cpuinfo"
-    fake.write_text("processor : 0\nflags : fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    fake.write_text("processor : 0\nvendor_id : GenuineIntel\nflags : fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
     monkeypatch.setattr(builtins, "open", lambda p, *a, **k: real_open(fake if p == "/proc/cpuinfo" else p, *a, **k))
     assert runtime.cpu_bf16_flag() == "amx_bf16"
-    fake.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_bf16\n")  # AMD Zen 4
+    fake.write_text("processor : 0\nvendor_id : AuthenticAMD\nflags : fpu avx2 avx512f avx512_bf16\n")  # AMD Zen 4
     assert runtime.cpu_bf16_flag() == "avx512_bf16"
-    fake.write_text("processor : 0\nflags : fpu avx2 fma\n")  # AMD Zen 3: no native bf16
+    fake.write_text("processor : 0\nvendor_id : AuthenticAMD\nflags : fpu avx2 fma\n")  # AMD Zen 3: no native bf16
+    assert runtime.cpu_bf16_flag() is None
+    # an Intel Xeon with AVX-512-bf16 but no AMX exposed: bf16 measured 0.84x fp32 there, so fp32
+    fake.write_text("processor : 0\nvendor_id : GenuineIntel\nflags : fpu avx2 avx512f avx512_bf16 avx512_fp16\n")
     assert runtime.cpu_bf16_flag() is None
 
 
