@@ -73,10 +73,8 @@ def cpu_bf16_flag() -> str | None:
         return None
     flags = {flag for line in lines if line.startswith("flags") for flag in line.split()}
     vendors = {line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id") and ":" in line}
-    usable = [flag for flag in CPU_BF16_FLAGS if flag in flags]
-    if "avx512_bf16" in usable and not vendors & AVX512_BF16_VENDORS:
-        usable.remove("avx512_bf16")
-    return usable[0] if usable else None
+    return next((flag for flag in CPU_BF16_FLAGS if flag in flags
+                 and (flag != "avx512_bf16" or vendors & AVX512_BF16_VENDORS)), None)
 
 
 def amp_decision(runtime: RuntimeParams, device: torch.device) -> tuple[bool, str]:
