@@ -61,6 +61,31 @@ def image_tar(tmp_path_factory, image_folder) -> Path:
     return path
 
 
+LONGEST_FILES_FIRST = ("test_gpu_acceptance.py", "test_bad_input.py", "test_sample_integrity.py", "test_inception.py",
+                       "test_samplers.py", "test_distributed.py", "test_repro.py", "test_attacks.py", "test_train.py",
+                       "test_scoring.py", "test_data.py")
+"""Scheduling only (measured seconds per file, most first; docs/performance.md, "The test suite and CI on
+2 cores"). pytest-xdist (`--dist loadfile --no-loadscope-reorder`) hands out test files in collection
+order; a long file handed out late runs alone at the end while the other worker idles. The files that
+take longest go first, the rest follow in their usual order; the order inside a file is kept, and no
+test depends on another file's having run."""
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order kept
+
+
+def pytest_configure(config):
+    """In each of N test processes, torch computes on its share of the cores, not on all of them: N pools
+    as large as the machine on the same cores slow every in-process computation (docs/performance.md).
+    Stage processes started by the tests keep their own `runtime.threads`."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers and os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(workers)))
+
+
 NETGUARD = Path(__file__).resolve().parent / "netguard"
 
 
