@@ -80,8 +80,8 @@ def pytest_configure(config):
     """In each of N test processes, torch computes on its share of the cores, not on all of them: N pools
     as large as the machine on the same cores slow every in-process computation (docs/performance.md).
     Stage processes started by the tests keep their own `runtime.threads`."""
-    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if workers and os.environ.get("PYTEST_XDIST_WORKER"):
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")  # set in xdist's workers only
+    if workers:
         import torch
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(workers)))
 

@@ -1,6 +1,8 @@
 """runtime.*: the bf16 decision (hardware-based, logged), bf16 autocast working on CPU, and
 `runtime.compile` reaching the networks that attacks, training and samplers call."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,8 +173,8 @@ def test_a_stage_that_does_not_compile_never_imports_the_compiler():
              "import stages.cli, pipeline.train, pipeline.sampling, pipeline.final_evaluation, pipeline.tracking; "
              "setup_runtime(DeviceParams(deterministic=True)); "
              "print(sorted(m for m in ('torch._dynamo', 'torch._inductor', 'torchvision') if m in sys.modules))")
-    out = __import__("subprocess").run([__import__("sys").executable, "-c", probe], capture_output=True, text=True,
-                                       cwd=Path(__file__).resolve().parents[1], check=True).stdout
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], check=True).stdout
     assert out.strip() == "[]"
 
 

@@ -166,4 +166,3 @@ def test_the_sample_grid_is_torchvisions_make_grid():
     images = torch.rand(23, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     for n, per_row in ((23, 10), (7, 10), (1, 10), (20, 4)):
         assert torch.equal(tile(images[:n], per_row), make_grid(images[:n], nrow=per_row, padding=2, pad_value=1.0))
-
