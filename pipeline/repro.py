@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import CemError
+from .interrupts import end_like_ctrl_c
 
 _NODE = re.compile(r'^\s*"([^"]+)";\s*$')
 _EDGE = re.compile(r'^\s*"([^"]+)"\s*->\s*"([^"]+)";\s*$')
@@ -166,10 +167,6 @@ def failure_line(log: Optional[Path]) -> str:
     return ours[-1].removeprefix("error:").strip() if ours else (lines or ["no output"])[-1]
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _end_with_us() -> None:
     """In each `dvc repro` child (Linux): SIGTERM when this process dies, even by SIGKILL, so no stage
     runs on unseen after its scheduler is gone (the stage ends like Ctrl-C: outputs whole)."""
@@ -257,7 +254,7 @@ def run_dag(dag: dict[str, list[str]], jobs: int, cwd: Path, log_dir: Path, chec
         running[name] = _Running(name, proc, time.perf_counter(), log)
         on_start(name, sorted(running))
 
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = end_like_ctrl_c(signal.SIGTERM)
     try:
         while True:
             if not failed:

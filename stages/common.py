@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline import distributed, timing
+from pipeline import distributed, interrupts, timing
 from pipeline.errors import CemError
 from pipeline.params import Params, load_params
 
@@ -27,15 +27,11 @@ def load(params_path: Path, overrides: Optional[list[str]], extra: Optional[dict
     return load_params(params_path, sets)
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt
-
-
 def user_errors(fn):
     """A CemError becomes `error: <one line>` on stderr and its exit code, with no traceback."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends like Ctrl-C: outputs stay whole, run KILLED
+        interrupts.end_like_ctrl_c(signal.SIGTERM)  # SIGTERM ends like Ctrl-C: outputs stay whole, run KILLED
         timing.begin_stage()
         rc = 1  # an unexpected exception
         try:

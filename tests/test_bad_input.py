@@ -303,7 +303,8 @@ def test_an_archive_too_large_in_total_is_refused_while_reading(tmp_path, monkey
 
 def _where(pid: int) -> str:
     """What a process that did not end is doing (state, kernel wait channel, main thread's syscall), so a
-    failure says where the stage was stuck (it failed once in CI on 2 loaded cores, and never since)."""
+    failure says where the stage was. (On loaded cores its SIGTERM used to land inside a garbage-collector
+    callback, which drops what a handler raises, and the stage trained on: pipeline/interrupts.py.)"""
     parts = []
     for name in ("status", "wchan", "syscall"):
         try:
