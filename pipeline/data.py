@@ -10,6 +10,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import signal
+import sys
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -79,6 +82,41 @@ def _decode(blob: bytes, name: str) -> np.ndarray:
     return arr
 
 
+DECODE_CHUNK = 2000
+"""Images per task of the parallel decode: a few hundred ms of work, so the pool's overhead is small."""
+
+
+def _decode_chunk(items: list[tuple[str, bytes]]) -> np.ndarray:
+    return np.stack([_decode(blob, name) for name, blob in items])
+
+
+def _start_decoder() -> None:
+    """A decode worker leaves Ctrl-C and SIGTERM to the stage, which stops the pool, and dies with the
+    stage even by SIGKILL (forked workers share the task pipe, so none would see it close)."""
+    from .interrupts import end_with_parent
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    end_with_parent(signal.SIGKILL)
+
+
+def _decode_all(items: list[tuple[str, bytes]]) -> np.ndarray:
+    """Decode in worker processes, one per core this process may use, in order; pixels do not depend on
+    how many there are. Decoding is ~60 % of reading CIFAR-10 (8.6 of ~14 s on one Xeon core) and
+    `cem prepare` heads the DAG, so a many-core GPU host waits on it. Linux only (fork: the workers
+    start in milliseconds and need nothing sent but the bytes); elsewhere, or for a small subset, here."""
+    chunks = [items[i:i + DECODE_CHUNK] for i in range(0, len(items), DECODE_CHUNK)]
+    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, len(chunks))
+    if workers < 2 or not sys.platform.startswith("linux"):
+        return _decode_chunk(items)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_decoder)
+    try:
+        return np.concatenate(list(pool.map(_decode_chunk, chunks)))
+    finally:  # a corrupt image or Ctrl-C: the chunks not yet started are dropped, not decoded first
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _assemble(entries: Iterable[tuple[str, str, str, bytes]], origin: str,
               per_class: dict[str, Optional[int]], seed: int) -> Dataset:
     """entries: (split, class, member name, bytes), sorted by name for a deterministic order. The
@@ -97,8 +135,8 @@ def _assemble(entries: Iterable[tuple[str, str, str, bytes]], origin: str,
         items = [(label, item) for label, cls in enumerate(classes) for item in sorted(by_split[split][cls])]
         labels = torch.tensor([label for label, _ in items], dtype=torch.int64)
         keep = stratified_indices(labels, per_class[split], seed + (split == "test"))
-        images = [_decode(items[i][1][1], items[i][1][0]) for i in keep.tolist()]
-        arr = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+        images = _decode_all([items[i][1] for i in keep.tolist()])
+        arr = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         splits[split] = Split(arr, labels[keep])
     return Dataset(splits["train"], splits["test"], classes)
 

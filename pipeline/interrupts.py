@@ -7,6 +7,8 @@ propagate: Python hands it to `sys.unraisablehook` and drops it. A stage whose p
 parent-death SIGTERM) then trained on as an orphan holding its lock, and `cem repro`'s SIGTERM could be
 lost the same way. So a KeyboardInterrupt dropped like that is delivered again, to the main thread, a
 moment later, when the collector is done; if that one lands in a callback too, it is delivered again.
+
+Also here: `end_with_parent`, which makes a process get a signal when the one that started it dies.
 """
 from __future__ import annotations
 
@@ -66,3 +68,19 @@ def end_like_ctrl_c(signum: int = signal.SIGTERM):
         _previous_hook = sys.unraisablehook
         sys.unraisablehook = _redeliver_dropped
     return signal.signal(signum, _terminate)
+
+
+def end_with_parent(signum: int = signal.SIGTERM) -> None:
+    """Linux: `signum` when the process that started this one dies, even by SIGKILL (a stage gets
+    SIGTERM and ends like Ctrl-C; a helper process that holds nothing gets SIGKILL), so nothing runs on
+    as an orphan. A parent that died before the call counts: the signal comes at once. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    try:
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signum)
+    except (OSError, AttributeError):
+        pass

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import CemError
-from .interrupts import end_like_ctrl_c
+from .interrupts import end_like_ctrl_c, end_with_parent
 
 _NODE = re.compile(r'^\s*"([^"]+)";\s*$')
 _EDGE = re.compile(r'^\s*"([^"]+)"\s*->\s*"([^"]+)";\s*$')
@@ -167,17 +167,6 @@ def failure_line(log: Optional[Path]) -> str:
     return ours[-1].removeprefix("error:").strip() if ours else (lines or ["no output"])[-1]
 
 
-def _end_with_us() -> None:
-    """In each `dvc repro` child (Linux): SIGTERM when this process dies, even by SIGKILL, so no stage
-    runs on unseen after its scheduler is gone (the stage ends like Ctrl-C: outputs whole)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        try:
-            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-
-
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -250,7 +239,7 @@ def run_dag(dag: dict[str, list[str]], jobs: int, cwd: Path, log_dir: Path, chec
             proc = subprocess.Popen(dvc_command("--wait-for-lock", "repro", "--single-item", name), cwd=cwd,
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True,  # Ctrl-C reaches the stage through us only
-                                    preexec_fn=_end_with_us)
+                                    preexec_fn=end_with_parent)  # we die: each `dvc repro` child gets SIGTERM
         running[name] = _Running(name, proc, time.perf_counter(), log)
         on_start(name, sorted(running))
 

@@ -36,30 +36,12 @@ app.command("report")(report.report)
 app.command("profile")(profile.profile)
 app.command("repro")(repro.repro)
 
-def _end_with_parent() -> None:
-    """Linux: when the process that started this one dies (e.g. `kill -9` of `dvc repro`), this one
-    gets SIGTERM, which every stage handles like Ctrl-C (run marked KILLED, lock released, outputs
-    whole), instead of running on as an orphan that holds its lock."""
-    import ctypes
-    import signal
-    import sys
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        parent = os.getppid()
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before the call: end now, as it would have
-            os.kill(os.getpid(), signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
 def main() -> None:
     """The `cem` entry point: a usage error (unknown option, `--n abc`) is one line, exit code 2,
     like every other bad input (click would print a framed box)."""
     import sys
-    _end_with_parent()
+    from pipeline.interrupts import end_with_parent
+    end_with_parent()  # `kill -9` of `dvc repro`: this stage gets SIGTERM and ends like Ctrl-C, lock released
     try:  # typer >= 0.20 vendors click
         from typer._click import exceptions as cx
     except ImportError:  # pragma: no cover - older typer with click itself

@@ -26,6 +26,85 @@ def test_folder_and_tar_give_identical_bytes(tmp_path, image_folder, image_tar):
     assert torch.bincount(ds.train.labels).tolist() == [20] * 10
 
 
+def _decode_with(monkeypatch, cores: int, source):
+    """read_source with `cores` usable cores and 7-image decode tasks; returns the dataset and how many
+    worker pools decoded it."""
+    import concurrent.futures
+    pools = []
+
+    class CountedPool(concurrent.futures.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(args)
+            super().__init__(*args, **kwargs)
+    monkeypatch.setattr(data, "DECODE_CHUNK", 7)
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", CountedPool)
+    return data.read_source(str(source), "unused"), len(pools)
+
+
+def test_decoding_in_worker_processes_gives_the_same_pixels(monkeypatch, image_tar):
+    one, pools_one = _decode_with(monkeypatch, 1, image_tar)
+    many, pools_many = _decode_with(monkeypatch, 3, image_tar)
+    assert (pools_one, pools_many) == (0, 2)  # train and test each decoded by a pool of workers
+    for a, b in ((one.train, many.train), (one.test, many.test)):
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+
+
+def test_a_corrupt_image_decoded_in_a_worker_is_one_line(monkeypatch, tmp_path, image_folder):
+    import shutil
+    folder = shutil.copytree(image_folder, tmp_path / "imgs")
+    (folder / "train" / "c3" / "0013.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    with pytest.raises(CemError, match=r"corrupt image in data source: train/c3/0013.png"):
+        _decode_with(monkeypatch, 2, folder)
+
+
+def test_decode_workers_die_with_a_killed_stage(tmp_path):
+    """`kill -9` of a stage that is decoding leaves no worker behind (forked workers share the task
+    pipe, so none would see it close and each would wait for work forever)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from tests.conftest import ROOT
+    code = ("import os, time\n"
+            "from pipeline import data\n"
+            "data.DECODE_CHUNK = 1\n"
+            "os.sched_getaffinity = lambda pid: {0, 1}\n"
+            "data._decode = lambda blob, name: time.sleep(60)\n"
+            "data._decode_all([('a', b''), ('b', b''), ('c', b'')])\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    try:
+        deadline = time.time() + 60
+        workers: list[int] = []
+        while time.time() < deadline and len(workers) < 2:
+            time.sleep(0.1)
+            workers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                          text=True).stdout.split()]
+        assert len(workers) == 2, workers
+        time.sleep(0.5)  # the workers have run their start-up and are decoding
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_running(pid) for pid in workers):
+            time.sleep(0.1)
+        assert not any(_running(pid) for pid in workers)
+    finally:
+        proc.kill()
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
 def test_rerun_is_byte_identical_and_manifest_complete(tmp_path, image_folder):
     _, out = _prepare(tmp_path, image_folder, train_per_class=10)
     first = {n: data.sha256_file(out / n) for n in ("dataset.pt", "seeds.pt")}
