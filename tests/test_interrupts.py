@@ -32,48 +32,38 @@ def _run(body: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
+def _signal_in_a_callback(setup: str, signum: str, wait: float) -> subprocess.CompletedProcess:
+    """After `setup`, `signum` lands inside a weakref callback; then the main thread blocks for `wait` s."""
+    return _run(setup + f"""
+try:
+    signal_inside_a_callback(signal.{signum})
+    time.sleep({wait})  # a blocking call in the main thread: a redelivery must interrupt it
+    print("ran on")
+except KeyboardInterrupt:
+    print("interrupted")
+""")
+
+
+HOOKED = "interrupts.end_like_ctrl_c(signal.SIGTERM)\n"  # SIGINT keeps Python's own handler
+
+
 def test_a_sigterm_dropped_by_a_callback_is_delivered_again():
-    proc = _run("""
-        interrupts.end_like_ctrl_c(signal.SIGTERM)
-        try:
-            signal_inside_a_callback(signal.SIGTERM)
-            time.sleep(10)  # a blocking call in the main thread: the redelivery must interrupt it
-            print("ran on")
-        except KeyboardInterrupt:
-            print("interrupted")
-    """)
+    proc = _signal_in_a_callback(HOOKED, "SIGTERM", 10)
     assert proc.stdout.strip() == "interrupted", proc.stdout + proc.stderr
     assert "Exception ignored" not in proc.stderr  # handled, not reported as a dropped exception
 
 
+def test_a_ctrl_c_dropped_by_a_callback_is_delivered_again():
+    proc = _signal_in_a_callback(HOOKED, "SIGINT", 10)
+    assert proc.stdout.strip() == "interrupted", proc.stdout + proc.stderr
+
+
 def test_without_the_hook_python_drops_it():
     """The failure this module exists for: a plain raising handler loses the interrupt."""
-    proc = _run("""
-        def plain(signum, frame):
-            raise KeyboardInterrupt
-        signal.signal(signal.SIGTERM, plain)
-        try:
-            signal_inside_a_callback(signal.SIGTERM)
-            time.sleep(0.5)
-            print("ran on")
-        except KeyboardInterrupt:
-            print("interrupted")
-    """)
+    plain = "def plain(signum, frame):\n    raise KeyboardInterrupt\nsignal.signal(signal.SIGTERM, plain)\n"
+    proc = _signal_in_a_callback(plain, "SIGTERM", 0.5)
     assert proc.stdout.strip() == "ran on"
     assert "KeyboardInterrupt" in proc.stderr
-
-
-def test_a_ctrl_c_dropped_by_a_callback_is_delivered_again():
-    proc = _run("""
-        interrupts.end_like_ctrl_c(signal.SIGTERM)  # installs the hook; SIGINT keeps Python's own handler
-        try:
-            signal_inside_a_callback(signal.SIGINT)
-            time.sleep(10)
-            print("ran on")
-        except KeyboardInterrupt:
-            print("interrupted")
-    """)
-    assert proc.stdout.strip() == "interrupted", proc.stdout + proc.stderr
 
 
 def test_one_that_arrived_is_not_delivered_twice():
