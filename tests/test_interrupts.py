@@ -10,6 +10,7 @@ from tests.conftest import ROOT
 PRELUDE = """
 import gc, os, signal, sys, time, weakref
 from pipeline import interrupts
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, even if started with it ignored
 
 class Thing:
     pass
