@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from .datasets import DatasetSpec, require_dataset
 from .errors import CemError
 from .files import atomic_torch_save, atomic_write_text, sha256_file
+from .progress import progress_bar
 from .rng import draw_device
 from .timing import phase, timed
 
@@ -99,22 +100,29 @@ def _start_decoder() -> None:
     end_with_parent(signal.SIGKILL)
 
 
-def _decode_all(items: list[tuple[str, bytes]]) -> np.ndarray:
+def _decode_all(items: list[tuple[str, bytes]], split: str) -> np.ndarray:
     """Decode in worker processes, one per core this process may use, in order; pixels do not depend on
     how many there are. Decoding is ~60 % of reading CIFAR-10 (8.6 of ~14 s on one Xeon core) and
     `cem prepare` heads the DAG, so a many-core GPU host waits on it. Linux only (fork: the workers
     start in milliseconds and need nothing sent but the bytes); elsewhere, or for a small subset, here."""
     chunks = [items[i:i + DECODE_CHUNK] for i in range(0, len(items), DECODE_CHUNK)]
     workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, len(chunks))
-    if workers < 2 or not sys.platform.startswith("linux"):
-        return _decode_chunk(items)
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_decoder)
-    try:
-        return np.concatenate(list(pool.map(_decode_chunk, chunks)))
-    finally:  # a corrupt image or Ctrl-C: the chunks not yet started are dropped, not decoded first
-        pool.shutdown(wait=True, cancel_futures=True)
+    with progress_bar(f"prepare: decode {split}", len(items)) as advance:
+        def counted(decoded: Iterable[np.ndarray]) -> np.ndarray:
+            done = []
+            for images in decoded:
+                done.append(images)
+                advance(len(images))
+            return np.concatenate(done)
+        if workers < 2 or not sys.platform.startswith("linux"):
+            return counted(map(_decode_chunk, chunks))
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_decoder)
+        try:
+            return counted(pool.map(_decode_chunk, chunks))
+        finally:  # a corrupt image or Ctrl-C: the chunks not yet started are dropped, not decoded first
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _assemble(entries: Iterable[tuple[str, str, str, bytes]], origin: str,
@@ -135,7 +143,7 @@ def _assemble(entries: Iterable[tuple[str, str, str, bytes]], origin: str,
         items = [(label, item) for label, cls in enumerate(classes) for item in sorted(by_split[split][cls])]
         labels = torch.tensor([label for label, _ in items], dtype=torch.int64)
         keep = stratified_indices(labels, per_class[split], seed + (split == "test"))
-        images = _decode_all([items[i][1] for i in keep.tolist()])
+        images = _decode_all([items[i][1] for i in keep.tolist()], split)
         arr = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         splits[split] = Split(arr, labels[keep])
     return Dataset(splits["train"], splits["test"], classes)
@@ -347,10 +355,16 @@ def fit_seeds(train: Split, num_classes: int, ridge: float) -> dict:
     dim = train.images[0].numel()
     groups = [train.images[train.labels == c] for c in range(num_classes)]
     # every class on the full branch: their scatters give the overall one (pooled_moments)
-    moments = [image_moments(g) for g in groups] if all(len(g) > dim for g in groups) else None
-    classes = [fit(g, moments[c] if moments else None) for c, g in enumerate(groups)]
-    return {"classes": classes, "all": fit(train.images, pooled_moments(moments) if moments else None),
-            "ridge": float(ridge), "factors": SEED_FACTORS}
+    pooled = all(len(g) > dim for g in groups)
+    moments, classes = [], []
+    with progress_bar("prepare: seed Gaussians", num_classes + 1) as advance:
+        for g in groups:
+            moments.append(image_moments(g) if pooled else None)
+            classes.append(fit(g, moments[-1]))
+            advance()
+        overall = fit(train.images, pooled_moments(moments) if pooled else None)
+        advance()
+    return {"classes": classes, "all": overall, "ridge": float(ridge), "factors": SEED_FACTORS}
 
 
 def draw_seeds(seeds: dict, n: int, gen: torch.Generator, condition: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -58,6 +58,21 @@ def test_a_corrupt_image_decoded_in_a_worker_is_one_line(monkeypatch, tmp_path, 
         _decode_with(monkeypatch, 2, folder)
 
 
+def test_prepare_shows_its_progress_to_the_end(monkeypatch, image_tar):
+    """On a terminal, `cem prepare` draws a bar for each split's decode and for the seed Gaussians."""
+    from contextlib import contextmanager
+    bars = {}
+
+    @contextmanager
+    def recorded(description, total):
+        bars[description] = [0, total]
+        yield lambda n=1, **_: bars[description].__setitem__(0, bars[description][0] + n)
+    monkeypatch.setattr(data, "progress_bar", recorded)
+    data.load_and_fit(str(image_tar), "unused", None, None, 1e-4, 0)
+    assert bars == {"prepare: decode train": [200, 200], "prepare: decode test": [100, 100],
+                    "prepare: seed Gaussians": [11, 11]}
+
+
 def test_decode_workers_die_with_a_killed_stage(tmp_path):
     """`kill -9` of a stage that is decoding leaves no worker behind (forked workers share the task
     pipe, so none would see it close and each would wait for work forever)."""
@@ -72,7 +87,7 @@ def test_decode_workers_die_with_a_killed_stage(tmp_path):
             "data.DECODE_CHUNK = 1\n"
             "os.sched_getaffinity = lambda pid: {0, 1}\n"
             "data._decode = lambda blob, name: time.sleep(60)\n"
-            "data._decode_all([('a', b''), ('b', b''), ('c', b'')])\n")
+            "data._decode_all([('a', b''), ('b', b''), ('c', b'')], 'train')\n")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
     try:
         deadline = time.time() + 60
