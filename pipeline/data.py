@@ -106,7 +106,7 @@ def _decode_all(items: list[tuple[str, bytes]], split: str) -> np.ndarray:
     `cem prepare` heads the DAG, so a many-core GPU host waits on it. Linux only (fork: the workers
     start in milliseconds and need nothing sent but the bytes); elsewhere, or for a small subset, here."""
     chunks = [items[i:i + DECODE_CHUNK] for i in range(0, len(items), DECODE_CHUNK)]
-    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, len(chunks))
+    workers = min(len(os.sched_getaffinity(0)), len(chunks)) if sys.platform.startswith("linux") else 1
     with progress_bar(f"prepare: decode {split}", len(items)) as advance:
         def counted(decoded: Iterable[np.ndarray]) -> np.ndarray:
             done = []
@@ -114,7 +114,7 @@ def _decode_all(items: list[tuple[str, bytes]], split: str) -> np.ndarray:
                 done.append(images)
                 advance(len(images))
             return np.concatenate(done)
-        if workers < 2 or not sys.platform.startswith("linux"):
+        if workers < 2:
             return counted(map(_decode_chunk, chunks))
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
