@@ -189,7 +189,9 @@ def test_read_only_store_is_one_line(prepared, tmp_path):
     cem("prepare", "--params", str(params), env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"})
     before = _runs(db)
     ro = f"sqlite:///file:{db}?mode=ro&uri=true"  # read-only even for root (chmod is not)
-    line = one_line(cem("prepare", "--params", str(params), check=False,
+    # cwd: MLflow makes the "parent folder" of the path it reads from this URI, `file:/...`, relative
+    # to the working directory; run there so that folder lands in tmp_path, not in the checkout
+    line = one_line(cem("prepare", "--params", str(params), check=False, cwd=tmp_path,
                         env={"MLFLOW_TRACKING_URI": ro}))
     assert "MLflow tracking store" in line and "readonly database" in line
     assert _runs(db) == before
