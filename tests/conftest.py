@@ -8,7 +8,9 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -119,25 +121,27 @@ def loopback_only(tmp_path_factory):
 
 @pytest.fixture
 def silent_server():
-    """An MLflow 'server' that accepts connections on 127.0.0.1 and never answers: its URL.
-    The connections are held until the test ends, then everything is closed."""
+    """An MLflow 'server' that accepts connections on 127.0.0.1 and never answers: its `url`, and
+    `accepted`, the `time.perf_counter()` of each connection it took. The connections are held until
+    the test ends, then everything is closed."""
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.bind(("127.0.0.1", 0))
     srv.listen(16)
     srv.settimeout(0.2)
-    held, stop = [], threading.Event()
+    held, accepted, stop = [], [], threading.Event()
 
     def accept():
         while not stop.is_set():
             try:
                 conn, _ = srv.accept()
+                accepted.append(time.perf_counter())
                 held.append(conn)  # read nothing, answer nothing
             except OSError:
                 continue
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    yield SimpleNamespace(url=f"http://127.0.0.1:{srv.getsockname()[1]}", accepted=accepted)
     stop.set()
     thread.join(timeout=2)
     for conn in held:

@@ -172,12 +172,14 @@ def test_cross_field_errors_come_before_any_mlflow_run(prepared, tmp_path, overr
 
 def test_silent_mlflow_server_fails_fast_with_one_line(prepared, silent_server):
     tmp, _ = prepared
-    t0 = time.perf_counter()
     proc = cem("train", "reference", "--params", str(tmp / "params.yaml"), check=False,
-               env={"MLFLOW_TRACKING_URI": silent_server}, timeout=60)  # on 127.0.0.1: accepts, never answers
-    elapsed = time.perf_counter() - t0
-    assert f"MLflow tracking store {silent_server} failed" in one_line(proc)
-    assert elapsed < 20, elapsed  # process start-up + the 5 s request timeout, not 4 minutes
+               env={"MLFLOW_TRACKING_URI": silent_server.url}, timeout=120)  # on 127.0.0.1: accepts, never answers
+    ended = time.perf_counter()
+    assert f"MLflow tracking store {silent_server.url} failed" in one_line(proc)
+    # one request, no retries, given up after the 5 s request timeout (MLflow's defaults: 120 s, 7 retries).
+    # Timed from the connection, not from the start: a start-up on a busy core takes 5-15 s of its own.
+    assert len(silent_server.accepted) == 1, silent_server.accepted
+    assert ended - silent_server.accepted[0] < 15, ended - silent_server.accepted[0]
 
 
 def test_read_only_store_is_one_line(prepared, tmp_path):
