@@ -1,17 +1,21 @@
 """MLflow tracking: one run per stage, its params, metrics, artifacts and lineage.
 
 The store is MLflow's default (sqlite `mlflow.db` in the working directory, i.e. the repo root
-under DVC) unless MLFLOW_TRACKING_URI points elsewhere. Lineage: every output records the run id
+under DVC) unless MLFLOW_TRACKING_URI points elsewhere; a sqlite store keeps its artifacts in `mlruns/`
+beside its database file. Lineage: every output records the run id
 that made it; a downstream run tags the run ids of its inputs as `upstream.<name>`.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Optional
+from urllib.parse import urlparse
 
 from pydantic import BaseModel
 
@@ -180,4 +184,31 @@ def open_store(experiment: str):
     import mlflow
     _quiet_mlflow()  # again: importing mlflow resets its loggers to INFO
     with _store("opening the experiment"):
+        location = artifacts_beside(mlflow.get_tracking_uri(), experiment)
+        if location and mlflow.get_experiment_by_name(experiment) is None:
+            from mlflow.exceptions import MlflowException
+            try:
+                mlflow.create_experiment(experiment, artifact_location=location)
+            except MlflowException as exc:  # another process created it first
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
         return mlflow.set_experiment(experiment)
+
+
+def artifacts_beside(uri: str, experiment: str) -> Optional[str]:
+    """Where a new experiment of a sqlite store keeps its artifacts: `mlruns/<experiment>` beside the
+    database file (a file URI). MLflow's own default is `./mlruns` of whichever folder the first process
+    ran in, so a store at `sqlite:////data/cem.db` would keep its grids in some checkout (and a test's
+    temporary store in the checkout that ran the tests). Beside the database the store is one folder that
+    moves as a whole; the default store (`mlflow.db` in the repo root) keeps them in the repo's `mlruns/`
+    as before. None for other stores: a server or a file store decides for itself."""
+    if not uri.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+    database = make_url(uri).database
+    if not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):  # an SQLite URI filename, e.g. sqlite:///file:/data/cem.db?mode=ro&uri=true
+        database = urlparse(database).path
+    folder = re.sub(r"[^A-Za-z0-9._-]", "_", experiment)
+    return (Path(database).resolve().parent / "mlruns" / folder).as_uri()

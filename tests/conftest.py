@@ -119,6 +119,28 @@ def loopback_only(tmp_path_factory):
     assert not refused, "traffic off this machine during the tests:\n" + refused[:2000]
 
 
+TOOLS_OWN = {".git", ".venv", ".pytest_cache", "__pycache__"}  # what git, pip, pytest and Python keep there
+
+
+def _checkout_paths() -> set[str]:
+    found = set()
+    for folder, dirs, files in os.walk(ROOT):
+        rel = Path(folder).relative_to(ROOT)
+        dirs[:] = [d for d in dirs if d not in TOOLS_OWN and (rel / d).as_posix() != ".dvc/tmp"]
+        found.update((rel / name).as_posix() for name in dirs + files)
+    return found
+
+
+@pytest.fixture(autouse=True, scope="session")
+def checkout_untouched():
+    """Tests write only under their temporary folders: a user who runs the suite in the checkout that holds
+    their runs (mlflow.db, mlruns/, data/) must find it as before. Fails at the end with what appeared."""
+    before = _checkout_paths()
+    yield
+    new = sorted(_checkout_paths() - before)
+    assert not new, f"the tests wrote into the checkout {ROOT}: " + ", ".join(new[:20])
+
+
 @pytest.fixture
 def silent_server():
     """An MLflow 'server' that accepts connections on 127.0.0.1 and never answers: its `url`, and

@@ -76,3 +76,31 @@ def test_lineage_tags_link_training_to_data(trained):
     import json
     prepare_run = json.loads((tmp / "data" / "manifest.json").read_text())["mlflow_run_id"]
     assert any(r.data.tags.get("upstream.prepare") == prepare_run for r in runs)
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("sqlite:///{tmp}/store/mlflow.db", "{tmp}/store/mlruns/cem"),
+    ("sqlite:///file:{tmp}/store/mlflow.db?mode=ro&uri=true", "{tmp}/store/mlruns/cem"),  # an SQLite URI filename
+    ("http://127.0.0.1:5000", None),  # a server keeps its own artifact root
+    ("file://{tmp}/mlruns", None),
+    ("sqlite:///:memory:", None),
+])
+def test_a_sqlite_store_puts_new_experiments_artifacts_beside_its_database(tmp_path, uri, expected):
+    from pipeline.tracking import artifacts_beside
+    location = artifacts_beside(uri.format(tmp=tmp_path), "cem")
+    assert location == (expected and Path(expected.format(tmp=tmp_path)).as_uri())
+
+
+def test_a_stage_run_elsewhere_keeps_its_artifacts_with_its_store(tmp_path, image_folder):
+    """MLflow's default would put them in `./mlruns` of the folder the stage ran in."""
+    from mlflow.tracking import MlflowClient
+    raw = tiny_params(tmp_path, image_folder, data={"train_per_class": 5, "test_per_class": 2})
+    params = write_params(tmp_path, raw)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    store = f"sqlite:///{tmp_path}/store/mlflow.db"
+    cem("prepare", "--params", str(params), cwd=elsewhere, env={"MLFLOW_TRACKING_URI": store})
+    client = MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert (tmp_path / "store" / "mlruns" / "tests" / run.info.run_id / "artifacts" / "manifest.json").is_file()
+    assert list(elsewhere.iterdir()) == []
