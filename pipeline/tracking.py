@@ -200,8 +200,8 @@ def artifacts_beside(uri: str, experiment: str) -> Optional[str]:
     database file (a file URI). MLflow's own default is `./mlruns` of whichever folder the first process
     ran in, so a store at `sqlite:////data/cem.db` would keep its grids in some checkout (and a test's
     temporary store in the checkout that ran the tests). Beside the database the store is one folder that
-    moves as a whole; the default store (`mlflow.db` in the repo root) keeps them in the repo's `mlruns/`
-    as before. None for other stores: a server or a file store decides for itself."""
+    moves as a whole; the default store (`mlflow.db` in the repo root) keeps them in the repo's `mlruns/`,
+    where MLflow's default puts them too. None for other stores: a server or a file store decides for itself."""
     if not uri.startswith("sqlite:"):
         return None
     from sqlalchemy.engine import make_url
